@@ -1,0 +1,45 @@
+# lra-zoo: two commands on a fresh machine: `make setup` then `make demo` (or `make test`).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Use both cores for the test suite; set PYTEST_WORKERS=0 to run serially.
+PYTEST_WORKERS ?= auto
+
+.PHONY: setup test lint demo data mini lra-all bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "lra-zoo needs Python >= 3.10"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# Install the pinned CPU wheel first so nothing below resolves torch to a CUDA build.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
+
+mini: setup
+	$(PY) -m data_prep mini
+
+data: setup
+	@echo "Prepare one task:  $(PY) -m data_prep <task> --source <lra_release|tfds|raw|generate>"
+	@echo "Offline mini suite: make mini"
+	$(PY) -m data_prep --help
+
+demo: setup
+	$(PY) -m lra.demo
+
+lra-all: setup
+	$(PY) -m lra.train -m +experiment=lra_all
+
+bench: setup
+	$(PY) -m lra.bench
+
+clean:
+	rm -rf outputs multirun results/demo .pytest_cache

@@ -1,0 +1,45 @@
+"""Mask helpers shared by every attention.
+
+Convention: `mask` is (batch, seq) bool with True for real tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def key_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) -> (batch, 1, 1, seq): broadcasts over heads and query rows of logits."""
+    return mask[:, None, None, :]
+
+
+def row_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) -> (batch, 1, seq, 1): broadcasts over heads and features of q, k or v."""
+    return mask[:, None, :, None]
+
+
+def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the padded rows of x: (batch, heads, seq, dim)."""
+    return x * row_mask(mask).to(x.dtype)
+
+
+def pad_to_multiple(
+    x: torch.Tensor, mask: torch.Tensor, multiple: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad x (batch, heads, seq, dim) and mask (batch, seq) along seq to a multiple of `multiple`.
+
+    The new positions are padding (mask False), so methods that need a block, chunk or window
+    multiple can take any length. Callers slice the output back to the input length.
+    """
+    seq = x.shape[2]
+    extra = (-seq) % multiple
+    if extra == 0:
+        return x, mask
+    x = torch.nn.functional.pad(x, (0, 0, 0, extra))
+    mask = torch.nn.functional.pad(mask, (0, extra), value=False)
+    return x, mask
+
+
+def neg_inf(dtype: torch.dtype) -> float:
+    """A large negative logit that stays finite in `dtype` (exp underflows to exactly 0)."""
+    return torch.finfo(dtype).min / 2

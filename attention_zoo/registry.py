@@ -1,0 +1,181 @@
+"""The attention interface and the name registry.
+
+Every attention in the zoo is an `Attention` subclass registered with a dataclass of its options:
+
+    @dataclass
+    class MyOptions:
+        window: int = 64
+
+    @register_attention("my_attention", MyOptions)
+    class MyAttention(Attention):
+        def _attend(self, q, k, v, mask): ...
+
+`build_attention("my_attention", num_heads=2, head_dim=32, max_seq_len=1024, window=128)` builds it.
+An unknown name or option fails with the list of valid names or keys.
+
+The forward contract, shared by every module:
+    q, k, v: (batch, heads, seq, head_dim) floats
+    mask:    (batch, seq) bool, True = real token
+    out:     (batch, heads, seq, head_dim), same dtype as q; padded query rows are exactly zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class AttentionError(ValueError):
+    """A wrong attention name, option or input. The message says what to change."""
+
+
+@dataclasses.dataclass
+class NoOptions:
+    """Options dataclass for attentions that take none."""
+
+
+class Attention(nn.Module):
+    """Base class: shape checks, padded-query zeroing and capability flags.
+
+    Capability flags are read by the encoder before use, so a wrong combination fails early:
+      needs_shared_qk       q and k must come from one projection (Reformer, SOFT).
+      approximates_softmax  the method estimates softmax(qk^T/sqrt(d)) v (error is measured);
+                            False for methods that define their own kernel (SOFT, YOSO).
+      max_supported_len     the longest input the module takes (None = any length).
+    Every module takes any length: methods that need a block, chunk or window multiple pad
+    internally and mask the padding.
+    """
+
+    needs_shared_qk: ClassVar[bool] = False
+    approximates_softmax: ClassVar[bool] = True
+    max_supported_len: ClassVar[int | None] = None
+
+    name: str = "attention"
+
+    def __init__(self, *, num_heads: int, head_dim: int, max_seq_len: int, options: Any):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.max_seq_len = max_seq_len
+        self.options = options
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        self.check_inputs(q, k, v, mask)
+        out = self._attend(q, k, v, mask)
+        # Padded query rows are defined as zero for every method, whatever it computed there.
+        return (out * mask[:, None, :, None].to(out.dtype)).to(q.dtype)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_inputs(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+            raise AttentionError(
+                f"{self.name}: q, k, v must share the shape (batch, heads, seq, head_dim); "
+                f"got q{tuple(q.shape)}, k{tuple(k.shape)}, v{tuple(v.shape)}"
+            )
+        batch, heads, seq, head_dim = q.shape
+        if heads != self.num_heads or head_dim != self.head_dim:
+            raise AttentionError(
+                f"{self.name}: built for {self.num_heads} heads x {self.head_dim} dims, "
+                f"got {heads} heads x {head_dim} dims"
+            )
+        if mask.shape != (batch, seq) or mask.dtype != torch.bool:
+            raise AttentionError(
+                f"{self.name}: mask must be a (batch, seq) = ({batch}, {seq}) bool tensor with "
+                f"True for real tokens; got {mask.dtype} {tuple(mask.shape)}"
+            )
+        if self.max_supported_len is not None and seq > self.max_supported_len:
+            raise AttentionError(
+                f"{self.name}: takes at most {self.max_supported_len} tokens, got {seq}"
+            )
+        if seq > self.max_seq_len:
+            raise AttentionError(
+                f"{self.name}: input length {seq} exceeds max_seq_len={self.max_seq_len} it was "
+                "built for; raise task.max_len (or the attention's max_seq_len)"
+            )
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.options).items())
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, {opts}".rstrip(", ")
+
+
+_REGISTRY: dict[str, tuple[type[Attention], type]] = {}
+
+
+def register_attention(name: str, options_cls: type = NoOptions):
+    """Class decorator: register `cls` under `name`, with `options_cls` (a dataclass) as options."""
+    if not dataclasses.is_dataclass(options_cls):
+        raise TypeError(f"options for {name!r} must be a dataclass, got {options_cls!r}")
+
+    def wrap(cls: type[Attention]) -> type[Attention]:
+        if name in _REGISTRY:
+            raise ValueError(f"attention {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = (cls, options_cls)
+        return cls
+
+    return wrap
+
+
+def list_attentions() -> list[str]:
+    """Names of every registered attention, sorted."""
+    return sorted(_REGISTRY)
+
+
+def attention_class(name: str) -> type[Attention]:
+    return _lookup(name)[0]
+
+
+def options_class(name: str) -> type:
+    return _lookup(name)[1]
+
+
+def _lookup(name: str) -> tuple[type[Attention], type]:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise AttentionError(
+            f"unknown attention {name!r}.{hint} Valid names: {', '.join(list_attentions())}"
+        )
+    return _REGISTRY[name]
+
+
+def make_options(name: str, **options: Any):
+    """Build the options dataclass of `name`; unknown keys fail with the valid ones listed."""
+    options_cls = options_class(name)
+    fields = {f.name for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "(none)"
+        raise AttentionError(
+            f"attention {name!r} has no option(s) {', '.join(unknown)}. Valid options: {valid}"
+        )
+    opts = options_cls(**options)
+    validate = getattr(opts, "validate", None)
+    if validate is not None:
+        validate()
+    return opts
+
+
+def build_attention(
+    name: str, *, num_heads: int, head_dim: int, max_seq_len: int, **options: Any
+) -> Attention:
+    """Build the attention registered as `name` with the given options."""
+    cls, _ = _lookup(name)
+    for key, value in (("num_heads", num_heads), ("head_dim", head_dim),
+                       ("max_seq_len", max_seq_len)):
+        if not isinstance(value, int) or value < 1:
+            raise AttentionError(f"attention {name!r}: {key} must be a positive int, got {value!r}")
+    opts = make_options(name, **options)
+    return cls(num_heads=num_heads, head_dim=head_dim, max_seq_len=max_seq_len, options=opts)

@@ -1,0 +1,148 @@
+"""The contract every registered attention keeps: one parametrised suite over the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention_zoo import AttentionError, build_attention, list_attentions
+
+HEADS, HEAD_DIM, MAX_LEN = 2, 16, 2048
+ALL = list_attentions()
+
+
+def make(name: str, seed: int = 0, **options):
+    torch.manual_seed(seed)
+    return build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=MAX_LEN,
+                           **options)
+
+
+def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=None):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, HEADS, seq, HEAD_DIM, generator=gen, dtype=dtype)
+               for _ in range(3))
+    if lengths is None:
+        lengths = [seq] * batch
+    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    return q, k, v, mask
+
+
+def qk_for(attn, q, k):
+    """Methods with shared q/k get k = q, as the encoder gives them."""
+    return (q, q) if attn.needs_shared_qk else (q, k)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("seq", [1, 37, 512, 2048])
+def test_shape_dtype_finite_and_gradients(name, seq):
+    attn = make(name).train()
+    lengths = [seq, max(1, seq - seq // 3)]
+    q, k, v, mask = inputs(2, seq, lengths=lengths)
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    v.requires_grad_(True)
+    qq, kk = qk_for(attn, q, k)
+    out = attn(qq, kk, v, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert torch.isfinite(out).all()
+    # Padded query rows are exactly zero.
+    assert (out[~mask[:, None, :, None].expand_as(out)] == 0).all()
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    params = [p for p in attn.parameters() if p.grad is not None]
+    for grad in [q.grad, v.grad, *(p.grad for p in params)] + ([] if attn.needs_shared_qk
+                                                                else [k.grad]):
+        assert grad is not None and torch.isfinite(grad).all()
+    assert v.grad.abs().sum() > 0
+    if seq > 1:  # with one key, softmax weights are constant and dq is truly zero
+        assert q.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_float64_keeps_dtype(name):
+    attn = make(name).double().eval()
+    q, k, v, mask = inputs(2, 64, dtype=torch.float64, lengths=[64, 40])
+    out = attn(*qk_for(attn, q, k), v, mask)
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("train", [False, True])
+def test_padding_invariance(name, train):
+    """Changing what sits in padded positions never changes a real output."""
+    attn = make(name).train(train)
+    seq = 300
+    lengths = [300, 177, 64, 1]
+    q, k, v, mask = inputs(4, seq, lengths=lengths)
+    junk = inputs(4, seq, seed=7)[:3]
+    pad = ~mask[:, None, :, None]
+    q2, k2, v2 = (torch.where(pad, 100 * j, x) for x, j in zip((q, k, v), junk, strict=True))
+    # Two modules built from the same seed make the same random draws (features, hashes, random
+    # blocks) on their first call, so only the padded values differ between the two calls.
+    torch.manual_seed(3)
+    out1 = attn(*qk_for(attn, q, k), v, mask)
+    torch.manual_seed(3)
+    attn_b = make(name).train(train)
+    attn_b.load_state_dict(attn.state_dict())
+    torch.manual_seed(3)
+    out2 = attn_b(*qk_for(attn_b, q2, k2), v2, mask)
+    real = mask[:, None, :, None].expand_as(out1)
+    torch.testing.assert_close(out1[real], out2[real], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_batch_independence(name):
+    """An example's output does not depend on the other examples in its batch."""
+    attn = make(name).eval()
+    q, k, v, mask = inputs(3, 200, lengths=[200, 120, 33])
+    full = attn(*qk_for(attn, q, k), v, mask)
+    for i in range(3):
+        sl = slice(i, i + 1)
+        alone = attn(*qk_for(attn, q[sl], k[sl]), v[sl], mask[sl])
+        torch.testing.assert_close(alone, full[sl], atol=1e-5, rtol=1e-5)
+    # Changing another example (values and its padding) leaves example 0 alone.
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    q2[1:].normal_()
+    k2[1:].normal_()
+    v2[1:].normal_()
+    mask2 = mask.clone()
+    mask2[1, 60:] = False
+    other = attn(*qk_for(attn, q2, k2), v2, mask2)
+    torch.testing.assert_close(other[:1], full[:1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_output(name):
+    q, k, v, mask = inputs(2, 256, lengths=[256, 100])
+    for train in (False, True):
+        outs = []
+        for _ in range(2):
+            attn = make(name, seed=11).train(train)
+            outs.append(attn(*qk_for(attn, q, k), v, mask))
+        torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_all_padding_example_is_zero_and_finite(name):
+    attn = make(name).eval()
+    q, k, v, mask = inputs(2, 64, lengths=[64, 0])
+    out = attn(*qk_for(attn, q, k), v, mask)
+    assert torch.isfinite(out).all()
+    assert (out[1] == 0).all()
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(AttentionError, match="unknown attention 'nope'.*softmax"):
+        make("nope")
+
+
+def test_unknown_option_lists_valid_keys():
+    with pytest.raises(AttentionError, match="no option"):
+        make("softmax", window=3)
+
+
+def test_wrong_mask_is_explained():
+    attn = make("softmax")
+    q, k, v, mask = inputs(2, 8)
+    with pytest.raises(AttentionError, match="mask"):
+        attn(q, k, v, mask.float())
