@@ -1,0 +1,194 @@
+"""One cached format for every task: arrays plus a manifest, written atomically.
+
+A task folder holds, for each split in (train, val, test):
+    {split}.tokens.npy   (n, max_len) or (n, 2, max_len) for pair tasks; uint8 or int16
+    {split}.lengths.npy  (n,) or (n, 2) int32: real tokens are tokens[i, :lengths[i]]
+    {split}.labels.npy   (n,) int64
+and `manifest.json`:
+    format_version, task, source, mini (a stand-in, not the LRA benchmark), description,
+    num_classes, vocab_size, vocab (optional list), max_len, pair, params (build settings),
+    splits: {split: {size, label_counts, sha256: {file: digest}}}
+
+Masks are explicit: a token is real iff its position is below the example's length. Pixel value 0
+is a real token. The whole folder is written to a temporary sibling and renamed at the end, so a
+killed build never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+ARRAYS = ("tokens", "lengths", "labels")
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or mismatched data. The message names the file and how to fix it."""
+
+
+def prepare_command(task: str, data: str) -> str:
+    """The command that builds the cache for `task` (shown in every missing-data error)."""
+    if data == "mini":
+        return "python -m data_prep mini"
+    return f"python -m data_prep {task} --source <lra_release|tfds|raw|generate>"
+
+
+@dataclass
+class Split:
+    """One split in memory: padded tokens, real lengths and labels."""
+
+    tokens: np.ndarray  # (n, max_len) or (n, 2, max_len)
+    lengths: np.ndarray  # (n,) or (n, 2)
+    labels: np.ndarray  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def pack(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a list of token lists to (n, max_len); sequences longer than max_len are an error."""
+    n = len(sequences)
+    vmax = max((max(s) for s in sequences if len(s)), default=0)
+    dtype = np.uint8 if vmax < 256 else np.int16
+    tokens = np.zeros((n, max_len), dtype=dtype)
+    lengths = np.zeros(n, dtype=np.int32)
+    for i, seq in enumerate(sequences):
+        if len(seq) > max_len:
+            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than max_len={max_len}")
+        tokens[i, : len(seq)] = seq
+        lengths[i] = len(seq)
+    return tokens, lengths
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_task(
+    out_dir: str | Path,
+    splits: Mapping[str, Split],
+    *,
+    task: str,
+    source: str,
+    num_classes: int,
+    vocab_size: int,
+    max_len: int,
+    mini: bool,
+    description: str,
+    params: Mapping[str, Any],
+    vocab: Sequence[str] | None = None,
+) -> Path:
+    """Write the splits and manifest to `out_dir` atomically (temp folder, then rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "task": task,
+            "source": source,
+            "mini": mini,
+            "description": description,
+            "num_classes": num_classes,
+            "vocab_size": vocab_size,
+            "vocab": list(vocab) if vocab is not None else None,
+            "max_len": max_len,
+            "pair": None,
+            "params": dict(params),
+            "splits": {},
+        }
+        for name, split in splits.items():
+            pair = split.tokens.ndim == 3
+            manifest["pair"] = pair
+            if split.tokens.shape[-1] != max_len:
+                raise ValueError(f"{name}: tokens are {split.tokens.shape[-1]} wide, not {max_len}")
+            labels = np.asarray(split.labels, dtype=np.int64)
+            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(f"{name}: labels outside [0, {num_classes})")
+            entry = {
+                "size": int(len(labels)),
+                "label_counts": np.bincount(labels, minlength=num_classes).tolist(),
+                "sha256": {},
+            }
+            arrays = {"tokens": split.tokens, "lengths": split.lengths.astype(np.int32),
+                      "labels": labels}
+            for key, array in arrays.items():
+                path = tmp / f"{name}.{key}.npy"
+                np.save(path, array)
+                entry["sha256"][path.name] = _sha256(path)
+            manifest["splits"][name] = entry
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(task_dir: str | Path, *, task: str, data: str = "lra") -> dict[str, Any]:
+    """Read and sanity-check `task_dir/manifest.json`; a missing one names the build command."""
+    path = Path(task_dir) / "manifest.json"
+    if not path.exists():
+        raise DataError(
+            f"no prepared data for task {task!r}: {path} does not exist. "
+            f"Prepare it with: {prepare_command(task, data)}"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err}); rebuild with: "
+                        f"{prepare_command(task, data)}") from err
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path} has format_version {manifest.get('format_version')!r}, this "
+                        f"code reads {FORMAT_VERSION}; rebuild with: {prepare_command(task, data)}")
+    if manifest.get("task") != task:
+        raise DataError(f"{path} holds task {manifest.get('task')!r}, expected {task!r}")
+    return manifest
+
+
+def load_split(
+    task_dir: str | Path, split: str, manifest: Mapping[str, Any], *, verify: bool = True,
+    data: str = "lra",
+) -> Split:
+    """Memory-map one split, checking its files against the manifest (sizes and checksums)."""
+    task_dir = Path(task_dir)
+    task = manifest["task"]
+    entry = manifest["splits"].get(split)
+    if entry is None:
+        raise DataError(f"{task_dir / 'manifest.json'} has no split {split!r} "
+                        f"(has {sorted(manifest['splits'])})")
+    arrays = {}
+    for key in ARRAYS:
+        path = task_dir / f"{split}.{key}.npy"
+        if not path.exists():
+            raise DataError(f"{path} is missing; rebuild with: {prepare_command(task, data)}")
+        if verify and _sha256(path) != entry["sha256"].get(path.name):
+            raise DataError(f"{path} does not match the checksum in its manifest (corrupt or "
+                            f"edited); rebuild with: {prepare_command(task, data)}")
+        try:
+            arrays[key] = np.load(path, mmap_mode="r")
+        except ValueError as err:
+            raise DataError(f"{path} is not a readable .npy file ({err}); rebuild with: "
+                            f"{prepare_command(task, data)}") from err
+    out = Split(**arrays)
+    if not (len(out.tokens) == len(out.lengths) == len(out.labels) == entry["size"]):
+        raise DataError(f"{task_dir}: {split} arrays disagree with the manifest size "
+                        f"{entry['size']}; rebuild with: {prepare_command(task, data)}")
+    return out

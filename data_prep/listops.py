@@ -1,0 +1,191 @@
+"""ListOps: LRA's generator, the official TSV reader and the tokeniser.
+
+The generator follows LRA's algorithm (see shared/notes/lra_tasks.md): a node at depth < max_depth
+is a leaf with probability 0.75 (a uniform digit), otherwise an operator, uniform over MIN, MAX,
+MED, SM, with randint(2, max_args) children. At max_depth every node is a leaf. Length counts
+tokens: a leaf is 1, an operator node 2 (its opening token and `]`) plus its children.
+A tree is kept only if min_length < length < max_length (strict), duplicates are dropped,
+and the first examples go to train, the next to val and the last to test.
+
+Strings use LRA's nested form, e.g. `( ( ( [MAX 2 ) 9 ) ] )`. Tokenising drops the parentheses,
+so that string becomes `[MAX 2 9 ]`.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import statistics
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .cache import SPLITS, DataError, Split, pack, write_task
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+CLOSE = "]"
+PAD, UNK = "<pad>", "<unk>"
+VOCAB = (PAD, UNK, *OPERATORS, CLOSE, *(str(d) for d in range(10)))
+TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
+NUM_CLASSES = 10
+LEAF_PROBABILITY = 0.75
+
+# Published settings.
+LRA_SETTINGS = {"max_depth": 10, "max_args": 10, "min_length": 500, "max_length": 2000,
+                "sizes": {"train": 96_000, "val": 2_000, "test": 2_000}}
+
+# A tree is a digit (int) or (operator, [children]).
+Tree = int | tuple[str, list]
+
+
+def generate_tree(rng: random.Random, max_depth: int, max_args: int, depth: int = 1
+                  ) -> tuple[Tree, int]:
+    """One random tree and its token length, by LRA's recursion."""
+    r = rng.random() if depth < max_depth else 1.0
+    if r > 1 - LEAF_PROBABILITY:
+        return rng.randrange(10), 1
+    num_children = rng.randint(2, max_args)
+    children, length = [], 2
+    for _ in range(num_children):
+        child, child_len = generate_tree(rng, max_depth, max_args, depth + 1)
+        children.append(child)
+        length += child_len
+    return (rng.choice(OPERATORS), children), length
+
+
+def evaluate(tree: Tree) -> int:
+    """The value of a tree: MIN, MAX, MED = int(median), SM = sum mod 10."""
+    if isinstance(tree, int):
+        return tree
+    op, children = tree
+    values = [evaluate(c) for c in children]
+    if op == "[MIN":
+        return min(values)
+    if op == "[MAX":
+        return max(values)
+    if op == "[MED":
+        return int(statistics.median(values))
+    return sum(values) % 10
+
+
+def to_string(tree: Tree) -> str:
+    """LRA's nested-parenthesis form: each child closes one more `( ... )` around the operator."""
+    if isinstance(tree, int):
+        return str(tree)
+    op, children = tree
+    text = f"( {op} {to_string(children[0])} )"
+    for child in children[1:]:
+        text = f"( {text} {to_string(child)} )"
+    return f"( {text} {CLOSE} )"
+
+
+def tokenize(source: str) -> list[str]:
+    """LRA's tokenisation: drop parentheses, split on whitespace."""
+    return [tok for tok in source.split() if tok not in ("(", ")")]
+
+
+def encode(source: str) -> list[int]:
+    return [TOKEN_ID.get(tok, TOKEN_ID[UNK]) for tok in tokenize(source)]
+
+
+def generate(
+    sizes: dict[str, int], *, seed: int, max_depth: int, max_args: int, min_length: int,
+    max_length: int, progress: bool = True,
+) -> dict[str, list[tuple[str, int]]]:
+    """Unique (source, label) examples, split in order: train first, then val, then test."""
+    from tqdm import tqdm
+
+    rng = random.Random(seed)
+    total = sum(sizes.values())
+    seen: dict[str, int] = {}
+    with tqdm(total=total, desc="listops", unit="tree", disable=not progress,
+              file=sys.stderr) as bar:
+        while len(seen) < total:
+            tree, length = generate_tree(rng, max_depth, max_args)
+            if not min_length < length < max_length:
+                continue
+            text = to_string(tree)
+            if text not in seen:
+                seen[text] = evaluate(tree)
+                bar.update(1)
+    examples = list(seen.items())
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = examples[start:start + size]
+        start += size
+    return out
+
+
+def read_tsv(path: str | Path) -> list[tuple[str, int]]:
+    """Read an official `basic_{train,val,test}.tsv` (header `Source<TAB>Target`)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist; prepare ListOps with: "
+                        "python -m data_prep listops --source <lra_release|generate>")
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header != ["Source", "Target"]:
+            raise DataError(f"{path}: expected the header 'Source<TAB>Target', got {header!r}")
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != 2:
+                raise DataError(f"{path}:{line_no}: expected 2 tab-separated columns, "
+                                f"got {len(row)}")
+            try:
+                label = int(row[1])
+            except ValueError:
+                raise DataError(f"{path}:{line_no}: target {row[1]!r} is not an integer") from None
+            if not 0 <= label < NUM_CLASSES:
+                raise DataError(f"{path}:{line_no}: target {label} is outside 0-9")
+            rows.append((row[0], label))
+    return rows
+
+
+def write_tsv(path: str | Path, examples: Iterable[tuple[str, int]]) -> None:
+    """Write examples in the official format (used for fixtures and exports)."""
+    with open(path, "w", newline="") as f:
+        f.write("Source\tTarget\n")
+        for source, label in examples:
+            f.write(f"{source}\t{label}\n")
+
+
+def to_split(examples: list[tuple[str, int]], max_len: int) -> Split:
+    """Encode examples into a cached split (tokens, lengths, labels)."""
+    tokens, lengths = pack([encode(src) for src, _ in examples], max_len)
+    labels = np.array([label for _, label in examples], dtype=np.int64)
+    return Split(tokens, lengths, labels)
+
+
+def build_generated(out_dir: str | Path, *, sizes: dict[str, int], seed: int, max_depth: int,
+                    max_args: int, min_length: int, max_length: int, mini: bool,
+                    progress: bool = True) -> Path:
+    """Generate ListOps with our generator and write it to the cache at `out_dir`."""
+    params = {"sizes": dict(sizes), "seed": seed, "max_depth": max_depth, "max_args": max_args,
+              "min_length": min_length, "max_length": max_length}
+    examples = generate(sizes, seed=seed, max_depth=max_depth, max_args=max_args,
+                        min_length=min_length, max_length=max_length, progress=progress)
+    # Lengths are strictly below max_length, so max_length - 1 tokens always fit.
+    max_len = max_length - 1
+    kind = "mini stand-in, not the LRA benchmark" if mini else "LRA generator settings"
+    return write_task(
+        out_dir, {name: to_split(ex, max_len) for name, ex in examples.items()},
+        task="listops", source="generate", num_classes=NUM_CLASSES, vocab_size=len(VOCAB),
+        vocab=VOCAB, max_len=max_len, mini=mini, params=params,
+        description=f"ListOps from our LRA-faithful generator ({kind})",
+    )
+
+
+def build_from_release(out_dir: str | Path, listops_dir: str | Path) -> Path:
+    """Read the official `listops-1000/basic_{train,val,test}.tsv` into the cache."""
+    listops_dir = Path(listops_dir)
+    examples = {split: read_tsv(listops_dir / f"basic_{split}.tsv") for split in SPLITS}
+    max_len = LRA_SETTINGS["max_length"]
+    return write_task(
+        out_dir, {name: to_split(ex, max_len) for name, ex in examples.items()},
+        task="listops", source="lra_release", num_classes=NUM_CLASSES, vocab_size=len(VOCAB),
+        vocab=VOCAB, max_len=max_len, mini=False, params={"release_dir": str(listops_dir)},
+        description="ListOps from the official LRA release (listops-1000)",
+    )
