@@ -12,7 +12,12 @@ given as two index tensors `rows, cols: (batch, heads, K)` with values in [0, nb
 that the queries of block rows[p] see the keys of block cols[p]. Pairs may come in any order and a
 row block may appear any number of times (zero included); nothing assumes K is the same fraction
 of every row. Published kernels address a pair by the flat index `row * nb + col`;
-`rows, cols = flat // nb, flat % nb` converts.
+`rows, cols = flat // nb, flat % nb` converts. Example with nb = 4 and K = 3:
+
+    rows = [0, 0, 3], cols = [0, 2, 3]
+    query block 0 sees key blocks 0 and 2, query blocks 1 and 2 see nothing, 3 sees 3;
+    sampled_block_matmul(q_blocks, k_blocks, rows, cols)      -> (..., K=3, b, b) logits
+    block_sparse_matmul(weights, v_blocks, rows, cols, nb=4)  -> (..., nb=4, b, d), zero in 1, 2
 
 Leading dimensions. Every function here works on any leading dimensions `*lead` (normally
 (batch, heads)). Block tensors that do not depend on a leading dimension may hold size 1 there and
@@ -33,7 +38,7 @@ def to_blocks(x: torch.Tensor, block_size: int, dim: int = -2) -> torch.Tensor:
     of block_size (pad first with `masking.pad_to_multiple`).
 
     (batch, heads, seq, d) -> (batch, heads, nb, b, d) with the default dim=-2;
-    a mask (batch, seq) -> (batch, nb, b) with dim=-1.
+    a mask (batch, seq) -> (batch, nb, b) with dim=-1. A view: nothing is copied.
     """
     seq = x.shape[dim]
     if seq % block_size:
@@ -90,12 +95,14 @@ def scatter_blocks(
     reduce: str = "sum",
     fill: float = 0.0,
 ) -> torch.Tensor:
-    """Inverse of `gather_blocks`: combine values into the block slots that index names.
+    """The reverse of `gather_blocks`: send values[..., p, :] to block slot index[..., p].
 
     values: (*lead, K, *rest); index: (*lead, K) int64 in [0, num_blocks).
     Returns (*lead, num_blocks, *rest) where slot j holds the sum (reduce="sum") or the maximum
     (reduce="amax") of the values sent to it; a slot that receives nothing holds 0 for "sum" and
-    `fill` for "amax" (pass a very negative number).
+    `fill` for "amax" (pass a very negative number; `fill` is unused for "sum").
+    On CUDA the sum uses atomic adds, so its last bits may vary between runs unless
+    `torch.use_deterministic_algorithms(True)`; the max is exact in any order.
     """
     lead = index.shape[:-1]
     rest = values.shape[len(lead) + 1 :]

@@ -229,10 +229,12 @@ def mra_attention(
 class MraAttention(Attention):
     """Shared forward of MRA-2 and MRA-2-s; subclasses fix `approx_mode`.
 
-    Deterministic: block choice depends only on the inputs (no random draws), the same in train
-    and eval. The math runs in fp32 (fp64 inputs stay fp64), outside autocast; the output is cast
-    back to the input dtype. Block choice carries no gradient; everything else is differentiated
-    by autograd.
+    Deterministic: block choice depends only on the inputs (no random draws, ties go to the
+    lowest flat block index), the same in train and eval; on CUDA only the summation order of
+    the exact blocks may vary in the last bits (see `blocks.scatter_blocks`).
+    The math runs in fp32 (fp64 inputs stay fp64), outside autocast; the output is cast back to
+    the input dtype. Block choice carries no gradient; everything else is differentiated by
+    autograd.
     """
 
     approx_mode: ClassVar[str]
