@@ -1,0 +1,149 @@
+"""The typed config tree behind `conf/`, and its validation.
+
+Hydra composes `conf/`; `load_config` merges the result onto these dataclasses (a wrong key or type
+fails with its full key named) and then checks values (a bad value fails with the key, the value
+and the allowed range). Attention options are checked against the attention's own dataclass.
+Everything fails before any data is read or any step is trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from attention_zoo import AttentionError, make_options
+
+from .data import DataConfig
+from .model import AttentionSpec, ModelConfig
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot work. The message names the key."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    num_classes: int = MISSING
+    max_len: int = MISSING  # model positions; the protocol rounds task lengths up to 2^k
+    pair: bool = False  # two inputs per example (Retrieval), dual-encoder head
+    # The task's training protocol; `trainer.*` defaults to these.
+    batch_size: int = 32
+    warmup_steps: int = 1000
+    max_steps: int = 5000
+    eval_every: int = 50
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = "${task.max_steps}"  # type: ignore[assignment]
+    batch_size: int = "${task.batch_size}"  # type: ignore[assignment]
+    warmup_steps: int = "${task.warmup_steps}"  # type: ignore[assignment]
+    eval_every: int = "${task.eval_every}"  # type: ignore[assignment]
+    eval_batches: int | None = None  # cap on dev batches per evaluation (None = the whole split)
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    amp: bool = True  # mixed precision on CUDA (attention modules keep their math in fp32)
+    amp_dtype: str = "bf16"  # bf16 or fp16 (fp16 uses a gradient scaler)
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda
+    resume: bool = True  # pick up a run folder's last checkpoint; skip a finished run
+    progress: bool = True  # tqdm bar
+    num_threads: int | None = None  # torch CPU threads (None = torch's default)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none or wandb
+    project: str = "lra-zoo"
+    group: str | None = None  # defaults to the sweep's tag
+    mode: str | None = None  # online/offline; None = online only if an API key is configured
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    attention: AttentionSpec = field(default_factory=AttentionSpec)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 0
+    tag: str = "default"  # run folders live in <runs_dir>/<data.name>/<tag>/
+    runs_dir: str = "results/runs"
+
+
+CHOICES = {
+    "model.pooling": ("mean", "cls"),
+    "trainer.amp_dtype": ("bf16", "fp16"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+    "logger.name": ("none", "wandb"),
+    "data.name": ("mini", "lra"),
+    "data.pad_to": ("max", "batch"),
+}
+POSITIVE = ("task.num_classes", "task.max_len", "trainer.max_steps", "trainer.batch_size",
+            "trainer.eval_every", "trainer.lr", "trainer.eps", "model.dim", "model.num_layers",
+            "model.num_heads", "model.head_dim", "model.ffn_dim")
+NON_NEGATIVE = ("trainer.warmup_steps", "trainer.weight_decay", "trainer.grad_clip",
+                "data.num_workers")
+# Keys that do not change what a run computes: left out of the run's fingerprint.
+NOT_FINGERPRINTED = ("logger", "trainer.resume", "trainer.progress", "trainer.device",
+                     "data.root", "data.build_missing", "data.verify_checksums",
+                     "data.num_workers", "runs_dir", "tag")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def load_config(raw: DictConfig) -> Config:
+    """Merge Hydra's composed config onto the schema and validate every value."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).strip()) from None
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be > 0")
+    for key in NON_NEGATIVE:
+        if not _get(cfg, key) >= 0:
+            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
+    if not 0 <= cfg.model.dropout < 1:
+        raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
+    if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
+        raise ConfigError(f"trainer.betas={cfg.trainer.betas!r} must be two numbers in [0, 1)")
+    if cfg.trainer.eval_batches is not None and cfg.trainer.eval_batches < 1:
+        raise ConfigError(f"trainer.eval_batches={cfg.trainer.eval_batches!r} must be >= 1 "
+                          "or null")
+    try:
+        make_options(cfg.attention.name, **cfg.attention.options)
+    except AttentionError as err:
+        raise ConfigError(f"attention: {err}") from None
+    return cfg
+
+
+def fingerprint(cfg: Config) -> str:
+    """A short hash of everything that changes what a run computes (names its run folder)."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    for key in NOT_FINGERPRINTED:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    blob = json.dumps(tree, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]

@@ -1,0 +1,106 @@
+"""The one dataset class `lra.train` reads every task through, over the cache of `data_prep`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_prep.cache import DataError, Split, load_split, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    name: str = "mini"  # "mini" (offline stand-ins) or "lra" (the benchmark)
+    root: str = "data/mini"  # task caches live in root/<task>/
+    build_missing: bool = False  # build a missing mini task on demand
+    verify_checksums: bool = True
+    # Reproduce the published harnesses' quirk of masking every token equal to 0 (black pixels in
+    # Image and Pathfinder) as padding. Off by default: masks come from the true lengths.
+    mask_zero_tokens_as_padding: bool = False
+    pad_to: str = "max"  # "max": every batch as long as the task; "batch": its longest example
+    num_workers: int = 0
+
+
+class TaskDataset(Dataset):
+    """One split: yields (tokens, length, label) as numpy arrays."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return self.split.tokens[i], self.split.lengths[i], self.split.labels[i]
+
+
+class Collate:
+    """Stack examples into (tokens, mask, labels) tensors with an explicit padding mask."""
+
+    def __init__(self, pad_to: str, mask_zero_tokens: bool):
+        self.pad_to = pad_to
+        self.mask_zero_tokens = mask_zero_tokens
+
+    def __call__(self, batch):
+        tokens = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.int64))
+        lengths = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64))
+        labels = torch.tensor(np.array([b[2] for b in batch]), dtype=torch.long)
+        if self.pad_to == "batch":
+            tokens = tokens[..., : max(int(lengths.max()), 1)]
+        positions = torch.arange(tokens.shape[-1])
+        mask = positions < lengths[..., None]
+        if self.mask_zero_tokens:
+            mask &= tokens != 0
+        return tokens, mask, labels
+
+
+@dataclass
+class TaskData:
+    manifest: dict[str, Any]
+    splits: dict[str, TaskDataset]
+
+    def loader(self, split: str, batch_size: int, *, shuffle: bool, cfg: DataConfig,
+               generator: torch.Generator | None = None) -> DataLoader:
+        return DataLoader(
+            self.splits[split], batch_size=batch_size, shuffle=shuffle, drop_last=False,
+            num_workers=cfg.num_workers, generator=generator,
+            collate_fn=Collate(cfg.pad_to, cfg.mask_zero_tokens_as_padding),
+        )
+
+
+def load_task_data(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> TaskData:
+    """Load the cache of `task`, building a missing mini task first when allowed.
+
+    `expect` holds what the task config says (num_classes, pair, max_len): a manifest that
+    disagrees is rejected with both values named, never silently used.
+    """
+    task_dir = Path(cfg.root) / task
+    if not (task_dir / "manifest.json").exists() and cfg.build_missing:
+        from data_prep import mini
+
+        log.info("building the mini %s task in %s (first use)", task, task_dir)
+        mini.build(cfg.root, [task])
+    manifest = read_manifest(task_dir, task=task, data=cfg.name)
+    source = task_dir / "manifest.json"
+    if manifest["mini"] != (cfg.name == "mini"):
+        kind = "a mini stand-in" if manifest["mini"] else "the LRA benchmark"
+        raise DataError(f"{source} holds {kind}, but data={cfg.name}; point data.root elsewhere")
+    for key in ("num_classes", "pair"):
+        if manifest[key] != expect[key]:
+            raise DataError(f"{source} says {key}={manifest[key]!r} but task.{key}="
+                            f"{expect[key]!r}; fix the task config or rebuild the data")
+    if manifest["max_len"] > expect["max_len"]:
+        raise DataError(f"{source} holds sequences of up to {manifest['max_len']} tokens but "
+                        f"task.max_len={expect['max_len']}; raise task.max_len")
+    splits = {name: TaskDataset(load_split(task_dir, name, manifest,
+                                           verify=cfg.verify_checksums, data=cfg.name))
+              for name in ("train", "val", "test")}
+    return TaskData(manifest, splits)

@@ -1,0 +1,104 @@
+"""Run outputs: atomic file writes, the summary schema, and aggregation into tables.
+
+A run folder holds `config.yaml`, `metrics.jsonl` (one line per evaluation), `summary.json`,
+and the checkpoints `last.pt` (resume) and `best.pt` (best dev accuracy).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+# Every summary.json has at least these keys, in this order in tables.
+SUMMARY_KEYS = (
+    "task", "attention", "seed", "device", "data", "mini", "params", "steps",
+    "best_dev_accuracy", "test_accuracy", "majority_accuracy", "peak_memory_mb",
+    "step_time_ms", "tokens_per_s",
+)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def append_jsonl(path: str | Path, obj: Any) -> None:
+    """Append one line; a line is written whole with a single write, then flushed to disk."""
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_summary(summary: dict[str, Any]) -> None:
+    missing = [k for k in SUMMARY_KEYS if k not in summary]
+    if missing:
+        raise ValueError(f"summary is missing {missing}")
+
+
+def find_summaries(root: str | Path) -> list[dict[str, Any]]:
+    """Every summary.json below `root`, each with its folder as `run_dir`, in a stable order."""
+    rows = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        row = json.loads(path.read_text())
+        row["run_dir"] = str(path.parent)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def to_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> str:
+    columns = list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict[str, Any]]:
+    """Collect the summaries below `root` into out_dir/results.csv and results.md."""
+    rows = find_summaries(root)
+    rows.sort(key=lambda r: (r["task"], r["attention"], r["seed"]))
+    columns = list(SUMMARY_KEYS)
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "results.csv", to_csv(rows, columns))
+    note = ""
+    if any(r.get("mini") for r in rows):
+        note = ("\nRows with mini=True ran on the offline mini suite: stand-ins for the LRA "
+                "tasks, not the benchmark.\n")
+    atomic_write_text(out_dir / "results.md", f"# {title}\n\n" + to_markdown(rows, columns)
+                      + note)
+    return rows

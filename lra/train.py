@@ -1,0 +1,293 @@
+"""Train and evaluate one (task, attention, seed) run: `python -m lra.train task=listops
+attention=mra2`, or a sweep with `-m`.
+
+The run folder is <runs_dir>/<data>/<tag>/<task>-<attention>-s<seed>-<fingerprint>, where the
+fingerprint hashes every setting that changes the result. Re-running the same command resumes from
+`last.pt`, and skips a run whose `summary.json` exists, so a killed sweep loses at most the run in
+progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from attention_zoo import AttentionError
+from data_prep.cache import DataError
+
+from .config import Config, ConfigError, fingerprint, load_config
+from .data import TaskData, load_task_data
+from .model import Classifier
+from .results import append_jsonl, atomic_write_text, check_summary, write_json
+
+log = logging.getLogger("lra.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 -- seeds the global RNG that library code may draw from
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is available; use "
+                          "trainer.device=auto or cpu")
+    return torch.device(name)
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """OneCycle with linear warmup to the peak, then linear decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
+    return Classifier(cfg.model, cfg.attention, vocab_size=manifest["vocab_size"],
+                      max_len=cfg.task.max_len, num_classes=cfg.task.num_classes,
+                      pair=cfg.task.pair)
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast, max_batches: int | None = None) -> float:
+    model.eval()
+    correct = total = 0
+    for i, (tokens, mask, labels) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
+        with autocast():
+            logits = model(tokens, mask)
+        correct += int((logits.argmax(-1) == labels).sum())
+        total += len(labels)
+    model.train()
+    return correct / max(total, 1)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Logger:
+    """wandb when `logger=wandb` (offline unless an API key is configured), else nothing."""
+
+    def __init__(self, cfg: Config, run_name: str, run_dir: Path):
+        self.run = None
+        if cfg.logger.name != "wandb":
+            return
+        import wandb
+
+        mode = cfg.logger.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+        self.run = wandb.init(project=cfg.logger.project, name=run_name,
+                              group=cfg.logger.group or cfg.tag, dir=str(run_dir), mode=mode,
+                              config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                              reinit="finish_previous")
+        if mode == "offline":
+            log.info("wandb runs offline (no WANDB_API_KEY); sync later with `wandb sync %s`",
+                     run_dir / "wandb")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(summary)
+            self.run.finish()
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run one training job end to end and return its summary."""
+    run_name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
+    run_dir = Path(cfg.runs_dir) / cfg.data.name / cfg.tag / f"{run_name}-{fingerprint(cfg)}"
+    summary_path = run_dir / "summary.json"
+    if cfg.trainer.resume and summary_path.exists():
+        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
+        return json.loads(summary_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    log.info("run folder: %s", run_dir)
+
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed)
+    device = pick_device(cfg.trainer.device)
+    expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
+              "max_len": cfg.task.max_len}
+    data: TaskData = load_task_data(cfg.task.name, cfg.data, expect=expect)
+    model = build_model(cfg, data.manifest).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    tc = cfg.trainer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                                  eps=tc.eps, weight_decay=tc.weight_decay)
+    warmup = tc.warmup_steps
+    if warmup >= tc.max_steps:
+        warmup = max(1, tc.max_steps // 10)
+        log.warning("trainer.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps",
+                    tc.warmup_steps, tc.max_steps, warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, tc.max_steps))
+    use_amp = tc.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if tc.amp_dtype == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        if not use_amp:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=amp_dtype)
+
+    step, best_dev, metrics_path = 0, -1.0, run_dir / "metrics.jsonl"
+    loader_gen = torch.Generator().manual_seed(cfg.seed)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if tc.resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, best_dev = state["step"], state["best_dev"]
+        loader_gen.set_state(state["loader_generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a fresh start owns its metrics log
+
+    train_loader = data.loader("train", tc.batch_size, shuffle=True, cfg=cfg.data,
+                               generator=loader_gen)
+    dev_loader = data.loader("val", tc.batch_size, shuffle=False, cfg=cfg.data)
+    test_loader = data.loader("test", tc.batch_size, shuffle=False, cfg=cfg.data)
+    logger = Logger(cfg, run_name, run_dir)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = rss_mb()
+    train_time, real_tokens, timed_steps = 0.0, 0, 0
+    model.train()
+    bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, disable=not tc.progress,
+               file=sys.stderr, dynamic_ncols=True)
+    batches = iter(train_loader)
+    while step < tc.max_steps:
+        try:
+            tokens, mask, labels = next(batches)
+        except StopIteration:
+            batches = iter(train_loader)
+            continue
+        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
+        start = time.perf_counter()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(tokens, mask).float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if tc.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - start
+        timed_steps += 1
+        real_tokens += int(mask.sum())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
+
+        if step % tc.eval_every == 0 or step == tc.max_steps:
+            dev_acc = evaluate(model, dev_loader, device, autocast, tc.eval_batches)
+            record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                      "dev_accuracy": dev_acc}
+            append_jsonl(metrics_path, record)
+            logger.log(record, step)
+            if dev_acc > best_dev:
+                best_dev = dev_acc
+                save_checkpoint(best_path, {"model": model.state_dict(), "step": step})
+            save_checkpoint(last_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "best_dev": best_dev, "loader_generator": loader_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            })
+    bar.close()
+
+    if device.type == "cuda":
+        peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_memory_mb = max(0.0, peak_rss_mb() - rss_before)
+    model.load_state_dict(torch.load(best_path, map_location=device)["model"])
+    test_acc = evaluate(model, test_loader, device, autocast)
+    train_labels = np.asarray(data.splits["train"].split.labels)
+    test_labels = np.asarray(data.splits["test"].split.labels)
+    majority = int(np.bincount(train_labels).argmax())
+    summary = {
+        "task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
+        "device": str(device), "data": cfg.data.name, "mini": bool(data.manifest["mini"]),
+        "params": params, "steps": step, "best_dev_accuracy": best_dev,
+        "test_accuracy": test_acc, "majority_accuracy": float(np.mean(test_labels == majority)),
+        "peak_memory_mb": peak_memory_mb,
+        "step_time_ms": 1000 * train_time / max(timed_steps, 1),
+        "tokens_per_s": real_tokens / train_time if train_time > 0 else math.nan,
+        "peak_memory_kind": ("cuda_max_allocated" if device.type == "cuda"
+                             else "cpu_peak_rss_growth"),
+        "attention_options": dict(cfg.attention.options), "tag": cfg.tag,
+        "run_dir": str(run_dir),
+    }
+    check_summary(summary)
+    write_json(summary_path, summary)
+    logger.finish(summary)
+    log.info("%s: test accuracy %.4f (majority %.4f), best dev %.4f", run_name, test_acc,
+             summary["majority_accuracy"], best_dev)
+    return summary
+
+
+USER_ERRORS = (ConfigError, DataError, AttentionError)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(raw: DictConfig) -> float:
+    try:
+        cfg = load_config(raw)
+        summary = train(cfg)
+    except USER_ERRORS as err:
+        # A user's mistake gets one clear line, not a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    # Returned for Hydra sweepers that optimise an objective.
+    return float(summary["best_dev_accuracy"])
+
+
+if __name__ == "__main__":
+    main()

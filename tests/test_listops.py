@@ -1,0 +1,126 @@
+"""ListOps: the generator against an independent evaluator, length bounds, and the TSV reader."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import numpy as np
+import pytest
+
+from data_prep import listops
+from data_prep.cache import DataError, load_split, read_manifest
+
+
+def evaluate_tokens(tokens: list[str]) -> int:
+    """An independent evaluator over the token stream (no tree): a stack of open operators."""
+    stack: list[tuple[str, list[int]]] = []
+    result = None
+    for tok in tokens:
+        if tok.startswith("["):
+            stack.append((tok, []))
+        elif tok == "]":
+            op, args = stack.pop()
+            value = {"[MIN": min, "[MAX": max,
+                     "[MED": lambda a: int(statistics.median(a)),
+                     "[SM": lambda a: sum(a) % 10}[op](args)
+            if stack:
+                stack[-1][1].append(value)
+            else:
+                result = value
+        else:
+            if stack:
+                stack[-1][1].append(int(tok))
+            else:
+                result = int(tok)
+    assert not stack
+    return result
+
+
+def test_generator_labels_match_independent_evaluator_on_1000_trees():
+    examples = listops.generate({"train": 1000}, seed=3, max_depth=10, max_args=10, min_length=20,
+                                max_length=300, progress=False)["train"]
+    assert len(examples) == 1000
+    assert len({src for src, _ in examples}) == 1000  # duplicates dropped
+    for source, label in examples:
+        tokens = listops.tokenize(source)
+        assert evaluate_tokens(tokens) == label
+        assert 20 < len(tokens) < 300  # strict bounds on the token length
+
+
+def test_generator_is_seeded_and_splits_in_order():
+    a = listops.generate({"train": 30, "val": 5, "test": 5}, seed=9, max_depth=6, max_args=5,
+                         min_length=5, max_length=80, progress=False)
+    b = listops.generate({"train": 30, "val": 5, "test": 5}, seed=9, max_depth=6, max_args=5,
+                         min_length=5, max_length=80, progress=False)
+    assert a == b
+    assert [len(a[s]) for s in ("train", "val", "test")] == [30, 5, 5]
+    sources = [src for split in a.values() for src, _ in split]
+    assert len(set(sources)) == 40
+
+
+def test_tree_length_counts_tokens():
+    rng = random.Random(0)
+    for _ in range(200):
+        tree, length = listops.generate_tree(rng, max_depth=6, max_args=6)
+        assert len(listops.tokenize(listops.to_string(tree))) == length
+
+
+def test_string_form_and_tokenisation():
+    tree = ("[MAX", [2, 9])
+    assert listops.to_string(tree) == "( ( ( [MAX 2 ) 9 ) ] )"
+    assert listops.tokenize("( ( [MAX 2 9 ) ] )") == ["[MAX", "2", "9", "]"]
+    ids = listops.encode("( [SM 3 ( [MIN 4 5 ] ) ] )")
+    assert [listops.VOCAB[i] for i in ids] == ["[SM", "3", "[MIN", "4", "5", "]", "]"]
+    assert listops.evaluate(("[SM", [3, ("[MIN", [4, 5])])) == 7
+
+
+def test_tsv_reader_on_official_format(tmp_path):
+    folder = tmp_path / "listops-1000"
+    folder.mkdir()
+    rows = {"train": [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( [MED 1 ) 4 ) ] )", 2)],
+            "val": [("( ( ( [SM 7 ) 8 ) ] )", 5)], "test": [("( ( ( [MIN 3 ) 6 ) ] )", 3)]}
+    for split, examples in rows.items():
+        # Written by hand, header included, exactly as the release has it.
+        text = "Source\tTarget\n" + "".join(f"{s}\t{t}\n" for s, t in examples)
+        (folder / f"basic_{split}.tsv").write_text(text)
+    assert listops.read_tsv(folder / "basic_train.tsv") == rows["train"]
+    out = listops.build_from_release(tmp_path / "cache", folder)
+    manifest = read_manifest(out, task="listops")
+    assert manifest["source"] == "lra_release" and manifest["mini"] is False
+    assert {s: manifest["splits"][s]["size"] for s in rows} == {"train": 2, "val": 1, "test": 1}
+    train = load_split(out, "train", manifest)
+    assert train.labels.tolist() == [9, 2]
+    assert train.lengths.tolist() == [4, 4]
+    expected = [listops.TOKEN_ID[t] for t in ("[MAX", "2", "9", "]")]
+    assert train.tokens[0, :4].tolist() == expected
+    assert (train.tokens[0, 4:] == 0).all()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("Source\tTarget\n( [MAX 2 ] )\t2\textra\n", r"basic_train.tsv:2: expected 2"),
+    ("src\ttgt\n", "header"),
+    ("Source\tTarget\n( [MAX 2 ] )\tx\n", "not an integer"),
+])
+def test_tsv_reader_rejects_bad_rows(tmp_path, text, message):
+    path = tmp_path / "basic_train.tsv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        listops.read_tsv(path)
+
+
+def test_corrupt_or_missing_cache_is_rejected(tiny_data_root, tmp_path):
+    import shutil
+
+    task_dir = tmp_path / "listops"
+    shutil.copytree(tiny_data_root / "listops", task_dir)
+    manifest = read_manifest(task_dir, task="listops")
+    labels = task_dir / "train.labels.npy"
+    arr = np.load(labels)
+    arr[0] = (arr[0] + 1) % 10
+    np.save(labels, arr)
+    with pytest.raises(DataError, match="checksum"):
+        load_split(task_dir, "train", manifest)
+    (task_dir / "manifest.json").unlink()
+    with pytest.raises(DataError, match="python -m data_prep"):
+        read_manifest(task_dir, task="listops")
