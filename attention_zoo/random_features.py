@@ -1,0 +1,127 @@
+"""FAVOR+ positive random features (Choromanski et al., ICLR 2021), and the zoo's seeded randomness.
+
+For x' = d^-1/4 x and m rows w_i of W (orthogonal Gaussian, see below),
+
+    phi(x)_i = m^-1/2 exp(w_i . x' - |x'|^2 / 2),
+    E_W[phi(q) . phi(k)] = exp(q' . k') = exp(q . k / sqrt(d)),
+
+so phi(q) . phi(k) estimates the softmax kernel without bias, and every term is positive (the
+estimate of a row sum never goes negative). The d^-1/4 scale goes on q and on k once each, so the
+logit carries 1/sqrt(d) exactly once (one published harness scaled twice, giving q . k / d).
+
+Stability: phi is computed as exp(u - offset) with a detached offset. Queries take their own row
+maximum (it cancels between numerator and denominator); keys share one offset per (batch, head),
+the maximum over *real* keys only, because a per-key offset would reweight the keys and padded
+junk must not move the scale. Padded keys get phi = 0 exactly: zeroing k or v is not enough,
+since phi(0) != 0 would still count the padded key in the denominator.
+
+Randomness: every random draw in the zoo (features, hash rotations, random blocks) comes from a
+`torch.Generator` seeded from the module's seed and a draw number, never from the global RNG at
+forward time, so the same seed gives the same output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .masking import neg_inf
+
+
+def module_seed(seed: int | None) -> int:
+    """The `seed` option, or when None a seed drawn from torch's global RNG at construction (so
+    `torch.manual_seed` before building the model fixes it, and successive layers differ)."""
+    if seed is None:
+        return int(torch.randint(2**62, ()).item())
+    return int(seed)
+
+
+def generator(seed: int, draw: int = 0) -> torch.Generator:
+    """A CPU generator for draw number `draw` of the module seeded `seed`.
+
+    Draws are addressed by number, so draw t is the same whether or not draws 0..t-1 happened in
+    this process (a resumed run redraws what an uninterrupted one would have). Python's hash of a
+    tuple of ints is not salted per process, so this is reproducible across runs.
+    """
+    return torch.Generator().manual_seed(hash((seed, draw)) % 2**63)
+
+
+def orthogonal_gaussian(rows: int, dim: int, gen: torch.Generator) -> torch.Tensor:
+    """(rows, dim): stacked blocks of `dim` exactly orthogonal directions, each row scaled by the
+    norm of an independent Gaussian vector, so every row is marginally N(0, I) but rows within a
+    block are orthogonal (the "+" of FAVOR+: lower variance than iid rows)."""
+    num_blocks = -(-rows // dim)
+    gauss = torch.randn(num_blocks, dim, dim, generator=gen, dtype=torch.float64)
+    ortho, r = torch.linalg.qr(gauss)
+    # The sign fix makes the orthogonal matrix Haar-distributed, not biased by QR's convention.
+    ortho = ortho * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
+    directions = ortho.transpose(-1, -2).reshape(num_blocks * dim, dim)[:rows]
+    norms = torch.randn(rows, dim, generator=gen, dtype=torch.float64).norm(dim=-1, keepdim=True)
+    return (directions * norms).float()
+
+
+class RandomFeatures(nn.Module):
+    """The FAVOR+ feature map with its projection W (num_features, head_dim) and redraw policy.
+
+    redraw_every None: W is drawn once at construction and kept (train and eval alike).
+    redraw_every N: training-mode calls 1..N use draw 0, calls N+1..2N draw 1, and so on; eval
+    calls never redraw and use the current W. W is a buffer and the call count is extra state,
+    so a checkpoint restores both. Under DistributedDataParallel every rank builds the module from
+    the same seed and redraws identically; under nn.DataParallel the replicas' counts are
+    discarded each step (a known PyTorch limitation), so use DDP with redraws.
+    """
+
+    def __init__(self, head_dim: int, num_features: int, seed: int, redraw_every: int | None):
+        super().__init__()
+        self.num_features = num_features
+        self.seed = seed
+        self.redraw_every = redraw_every
+        self.training_calls = 0
+        self.register_buffer("projection", orthogonal_gaussian(num_features, head_dim,
+                                                               generator(seed, 0)))
+
+    def get_extra_state(self):
+        return {"training_calls": self.training_calls}
+
+    def set_extra_state(self, state):
+        self.training_calls = state["training_calls"]
+
+    @torch.no_grad()
+    def _count_call(self) -> None:
+        every = self.redraw_every
+        if every and self.training_calls > 0 and self.training_calls % every == 0:
+            fresh = orthogonal_gaussian(*self.projection.shape,
+                                        generator(self.seed, self.training_calls // every))
+            self.projection.copy_(fresh)
+        self.training_calls += 1
+
+    def _log_features(self, x: torch.Tensor) -> torch.Tensor:
+        """u = W x' - |x'|^2 / 2 with x' = d^-1/4 x: (batch, heads, seq, d) -> (.., seq, m)."""
+        x = x * x.shape[-1] ** -0.25
+        return x @ self.projection.to(x.dtype).T - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Features of q and k: (batch, heads, seq, m) each, and their log offsets.
+
+        phi_q . phi_k estimates exp(q . k / sqrt(d) - q_offset - k_offset), with
+        q_offset (batch, heads, seq, 1) and k_offset (batch, heads, 1, 1); both detached.
+        phi_k is exactly zero at padded keys (mask: (batch, seq) bool, True = real).
+        """
+        if self.training:
+            self._count_call()
+        scale = self.num_features ** -0.5
+        u_q = self._log_features(q)
+        q_offset = u_q.amax(dim=-1, keepdim=True).detach()
+        phi_q = torch.exp(u_q - q_offset) * scale
+
+        u_k = self._log_features(k)
+        real = mask[:, None, :, None]
+        floor = neg_inf(u_k.dtype)
+        # The max over real keys only: padded junk must not set the scale. An example with no
+        # real key gets the floor; its exponents are all masked below, so nothing overflows.
+        k_offset = u_k.masked_fill(~real, floor).amax(dim=(-2, -1), keepdim=True).detach()
+        phi_k = torch.exp((u_k - k_offset).masked_fill(~real, floor)) * scale
+        return phi_q, q_offset, phi_k, k_offset
+

@@ -1,0 +1,92 @@
+"""Scatterbrain: sparse plus low-rank attention (Chen et al., NeurIPS 2021).
+
+A Performer estimate L covers every key; on a local window the estimate is replaced by the exact
+softmax kernel through the sparse correction S = exp(logits) - L restricted to the window:
+
+    numerator   = L v + S v,          L_ij = phi(q_i) . phi(k_j)  (FAVOR+, all keys)
+    denominator = L 1 + S 1,          S_ij = exp(q_i . k_j / sqrt(d)) - L_ij  (|i - j| <= w / 2)
+
+so window keys count exactly and the others through the features. Both parts are scaled to one
+per-query reference before they are added (see `_attend`), so the normalisers combine
+consistently and nothing overflows. Cost O(n m d) for the low-rank part plus O(n * 3w/2 * (d + m))
+for the window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .local import Band, full_precision, require_ints
+from .masking import neg_inf
+from .performer import linear_attention
+from .random_features import RandomFeatures, module_seed
+from .registry import Attention, register_attention
+
+
+@dataclasses.dataclass
+class ScatterbrainOptions:
+    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's).
+    num_features: random features of the low-rank part (256, the Performer setting).
+    redraw_every: feature redraw policy, as in Performer (None: fixed per seed).
+    seed: seed of the feature draws; None draws one from torch's global RNG at construction.
+    """
+
+    window: int = 64
+    num_features: int = 256
+    redraw_every: int | None = None
+    seed: int | None = None
+
+    def validate(self) -> None:
+        require_ints("scatterbrain", self, nullable=("redraw_every", "seed"), window=0,
+                     num_features=1, redraw_every=1, seed=0)
+
+
+@register_attention("scatterbrain", ScatterbrainOptions)
+class ScatterbrainAttention(Attention):
+    """Local window (exact) plus FAVOR+ low rank for the rest.
+
+    Randomness is that of Performer (`random_features.RandomFeatures`): fixed features per seed
+    by default, train and eval alike, so eval is deterministic. phi(k) is zero at padded keys and
+    the window masks them, so padding never counts. With a window covering the sequence the
+    low-rank part cancels and the output is exact softmax attention.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        opts = self.options
+        self.features = RandomFeatures(self.head_dim, opts.num_features, module_seed(opts.seed),
+                                       opts.redraw_every)
+
+    @full_precision
+    def _attend(self, q, k, v, mask):
+        band = Band(mask, self.options.window // 2)
+        # phi_q . phi_k estimates exp(logit - q_offset - k_offset).
+        phi_q, q_offset, phi_k, k_offset = self.features(q, k, mask)
+        low_num, low_den = linear_attention(phi_q, phi_k, v)  # (.., seq, d), (.., seq, 1)
+
+        qp, kp, vp = band.pad(q), band.pad(k), band.pad(v)
+        # window_logits, low_window: (batch, heads, nb, block, 3 * block)
+        window_logits = band.scores(qp, kp) / math.sqrt(q.shape[-1])
+        window_logits = window_logits.masked_fill(~band.allowed, neg_inf(q.dtype))
+        low_window = band.scores(band.pad(phi_q), band.pad(phi_k)) * band.allowed
+
+        # One reference per query: the larger of the low-rank scale and the window's max logit.
+        # Exact weights exp(logit - ref) and the rescaled low rank exp(offsets - ref) L are then
+        # both <= 1 at their largest, and share the scale exp(ref).
+        # low_log_scale: (batch, heads, nb, block, 1)
+        low_log_scale = band.query_blocks(band.pad(q_offset)) + k_offset[..., None]
+        ref = torch.maximum(window_logits.amax(dim=-1, keepdim=True), low_log_scale).detach()
+        low_scale = torch.exp(low_log_scale - ref)
+        # Sparse correction on the window, already at the shared scale.
+        correction = torch.exp(window_logits - ref) - low_scale * low_window
+
+        scale = band.unpad(low_scale.flatten(-3, -2))  # (batch, heads, seq, 1)
+        numerator = scale * low_num + band.unpad(band.apply(correction, vp))
+        denominator = scale * low_den + band.unpad(correction.sum(dim=-1, keepdim=True)
+                                                   .flatten(-3, -2))
+        # Positive for every real query (its own exact weight is in it); 0 only for an example with
+        # no real key, whose rows are padding and are zeroed by the base class.
+        return numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
