@@ -1,0 +1,79 @@
+"""Nystromformer (Xiong et al., AAAI 2021): softmax attention through m segment-mean landmarks.
+
+    out = softmax(q k~^T / sqrt(d)) pinv(softmax(q~ k~^T / sqrt(d))) softmax(q~ k^T / sqrt(d)) v
+
+q~ and k~ are masked segment means over each example's real tokens (landmarks.py), so padding
+never shapes or dilutes a landmark and n need not be divisible by m. All three kernels are masked:
+empty landmarks (an example shorter than m) drop out of the first two, padded keys out of the
+third; the pseudo-inverse sees identity rows for empty landmarks (pinv.masked_pinv), so an example
+with L < m real tokens is exactly a Nystrom approximation with L one-token landmarks, which equals
+softmax attention up to the error left by the pseudo-inverse iterations. The pseudo-inverse scale
+is per (batch, head).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .conv_branch import ConvOptions, WithConvBranch
+from .landmarks import segment_means
+from .masking import key_mask, neg_inf, row_mask
+from .pinv import float32_math, masked_pinv
+from .registry import Attention, AttentionError, register_attention
+
+
+def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the allowed entries of the last dim; rows with none allowed are zero."""
+    weights = torch.softmax(logits.masked_fill(~allowed, neg_inf(logits.dtype)), dim=-1)
+    return weights * allowed.to(weights.dtype)
+
+
+@dataclass
+class NystromOptions:
+    num_landmarks: int = 64
+    pinv_iterations: int = 6
+
+    def validate(self) -> None:
+        if self.num_landmarks < 1 or self.pinv_iterations < 0:
+            raise AttentionError(
+                "nystrom: num_landmarks must be >= 1 and pinv_iterations >= 0, got "
+                f"{self.num_landmarks} and {self.pinv_iterations}"
+            )
+
+
+@register_attention("nystrom", NystromOptions)
+class NystromAttention(Attention):
+    """Nystrom approximation of softmax attention with masked segment-mean landmarks.
+
+    Deterministic (no randomness). Math in float32 (float64 for float64 inputs) under autocast.
+    """
+
+    @float32_math
+    def _attend(self, q, k, v, mask):
+        # Zero the padded rows once, whatever they hold (even inf), so none can reach an output.
+        q, k, v = (torch.where(row_mask(mask), x, 0) for x in (q, k, v))
+        scale = 1 / math.sqrt(q.shape[-1])
+        num_landmarks = min(self.options.num_landmarks, q.shape[2])
+        q_land, valid = segment_means(q, mask, num_landmarks)  # (batch, heads, m, dim)
+        k_land, _ = segment_means(k, mask, num_landmarks)
+        landmark_cols = valid[:, None, None, :]
+        # kernel_1: (batch, heads, seq, m); kernel_2: (.., m, m); kernel_3: (.., m, seq).
+        kernel_1 = masked_softmax(q @ k_land.transpose(-1, -2) * scale, landmark_cols)
+        kernel_2 = masked_softmax(q_land @ k_land.transpose(-1, -2) * scale, landmark_cols)
+        kernel_3 = masked_softmax(q_land @ k.transpose(-1, -2) * scale,
+                                  key_mask(mask) & valid[:, None, :, None])
+        inverse = masked_pinv(kernel_2, valid, self.options.pinv_iterations, "razavi")
+        return kernel_1 @ (inverse @ (kernel_3 @ v))
+
+
+@dataclass
+class NystromConvOptions(ConvOptions, NystromOptions):
+    pass
+
+
+@register_attention("nystrom_conv", NystromConvOptions)
+class NystromConvAttention(WithConvBranch, NystromAttention):
+    """Nystrom plus the depthwise conv branch over masked v (conv_branch.py), kernel 33."""

@@ -1,0 +1,295 @@
+"""Landmark, hierarchical and hashing baselines: Nystrom, SOFT, YOSO, H-Transformer-1D, and their
+shared steps (pseudo-inverse, segment landmarks, conv branch). `pytest -s` prints measured errors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attention_zoo import build_attention
+from attention_zoo.conv_branch import ConvBranch
+from attention_zoo.pinv import newton_pinv
+from attention_zoo.soft import gaussian_kernel, soft_kernel_product
+from attention_zoo.structured import relative_error, structured_qkv
+from attention_zoo.yoso import LSHCumulation, bucket_cumulation, simhash_codes
+
+HEADS, DIM = 2, 16
+OURS = ["nystrom", "nystrom_conv", "soft", "soft_conv", "yoso", "yoso_conv", "h_transformer_1d"]
+
+
+def make(name: str, max_len: int, **options):
+    torch.manual_seed(0)
+    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len, **options)
+
+
+def suffix_mask(lengths: list[int], seq: int) -> torch.Tensor:
+    return torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def exact_softmax(q, k, v, mask):
+    return make("softmax_naive", q.shape[2]).double()(q, k, v, mask)
+
+
+# ---------------------------------------------------------------- pseudo-inverse
+
+
+@pytest.mark.parametrize("update, iterations", [("razavi", 8), ("newton_schulz", 12)])
+def test_pinv_converges_to_linalg_pinv(update, iterations):
+    """Converged by 8 third-order or 12 second-order steps here. (Run on far longer and the
+    rounding error in the null space of a singular A grows, x3.25 or x2 per step: e.g. 1e-7 after
+    20 Razavi steps on the rank-3 matrix. The methods stop at 6 and 20 steps.)"""
+    gen = torch.Generator().manual_seed(0)
+    # Well-conditioned (singular values in [1, 4]) square matrices, and a rank-3 PSD matrix whose
+    # nonzero eigenvalues are in [1, 4] (the pseudo-inverse, not an inverse).
+    u, _ = torch.linalg.qr(torch.randn(4, 8, 8, generator=gen, dtype=torch.float64))
+    w, _ = torch.linalg.qr(torch.randn(4, 8, 8, generator=gen, dtype=torch.float64))
+    s = 1 + 3 * torch.rand(4, 8, generator=gen, dtype=torch.float64)
+    square = u @ torch.diag_embed(s) @ w.transpose(-1, -2)
+    s_low = torch.cat([s[:, :3], torch.zeros(4, 5, dtype=torch.float64)], dim=1)
+    low_rank = u @ torch.diag_embed(s_low) @ u.transpose(-1, -2)
+    for a in (square, low_rank):
+        err = (newton_pinv(a, iterations, update) - torch.linalg.pinv(a)).abs().max().item()
+        print(f"\npinv {update} x{iterations}: max |Z - pinv(A)| = {err:.2e}")
+        assert err < 1e-9
+
+
+def test_pinv_init_scale_is_per_example():
+    """A large matrix elsewhere in the batch must not change another's (unconverged) result."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.softmax(torch.randn(3, 2, 16, 16, generator=gen), dim=-1)
+    a[1] = a[1] * 1000
+    batched = newton_pinv(a, 6)
+    for i in range(3):
+        torch.testing.assert_close(newton_pinv(a[i : i + 1], 6), batched[i : i + 1],
+                                   rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------- conv branch
+
+
+def test_conv_branch_matches_hand_reference():
+    branch = ConvBranch(num_heads=2, kernel=3)
+    w = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    with torch.no_grad():
+        branch.conv.weight.copy_(w.view(2, 1, 3, 1))
+    v = torch.arange(1, 21, dtype=torch.float32).view(1, 2, 5, 2)
+    mask = suffix_mask([4], 5)  # the last token is padding and reads as 0
+    out = branch(v, mask)
+    vm = v * mask[:, None, :, None]
+    ref = torch.zeros_like(v)
+    for h in range(2):
+        for i in range(5):
+            for t in range(3):  # tap t reads position i + t - 1 (zero padding at the ends)
+                if 0 <= i + t - 1 < 5:
+                    ref[0, h, i] += w[h, t] * vm[0, h, i + t - 1]
+    torch.testing.assert_close(out, ref)
+
+
+def test_conv_branch_ignores_padded_values():
+    branch = ConvBranch(num_heads=HEADS, kernel=33)
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(3, HEADS, 70, DIM, generator=gen)
+    mask = suffix_mask([70, 41, 3], 70)
+    junk = torch.where(mask[:, None, :, None], v, 1e6 * torch.randn(v.shape, generator=gen))
+    junk[2, :, -1] = float("inf")
+    torch.testing.assert_close(branch(junk, mask), branch(v, mask), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- padding shapes nothing
+
+
+@pytest.mark.parametrize("name", OURS)
+def test_suffix_padding_equals_unpadded(name):
+    """An example padded to any length gives exactly its unpadded output: padding never shapes
+    landmarks (segments, conv windows), hierarchy levels or hash buckets."""
+    attn = make(name, 512).double().eval()
+    q, k, v = structured_qkv(1, HEADS, 77, DIM, seed=3, dtype=torch.float64)
+    k = q if attn.needs_shared_qk else k
+    alone = attn(q, k, v, suffix_mask([77], 77))
+    pad = [torch.nn.functional.pad(x, (0, 0, 0, 123)) for x in (q, k, v)]
+    padded = attn(*pad, suffix_mask([77], 200))
+    torch.testing.assert_close(padded[:, :, :77], alone, rtol=1e-9, atol=1e-9)
+
+
+# ---------------------------------------------------------------- Nystrom
+
+
+def test_nystrom_error_shrinks_with_landmarks():
+    q, k, v = structured_qkv(2, HEADS, 256, DIM, seed=0, dtype=torch.float64)
+    mask = suffix_mask([256, 200], 256)
+    exact = exact_softmax(q, k, v, mask)
+    errors = []
+    for m in (8, 16, 32, 64, 128):
+        out = make("nystrom", 256, num_landmarks=m).double()(q, k, v, mask)
+        errors.append(relative_error(out, exact, mask))
+    print("\nnystrom relative error, landmarks 8/16/32/64/128 (6 pinv steps):",
+          " ".join(f"{e:.3f}" for e in errors))
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False))
+    assert errors[-1] < errors[0] / 3
+
+
+def test_nystrom_with_one_token_landmarks_is_exact():
+    """m = n: every landmark is one token, the three kernels are the softmax matrix S and the
+    output is S pinv(S) S v = S v. Only the pseudo-inverse iterations leave an error: at the
+    paper's 6 steps it is visible, with 40 third-order steps in float64 it is at rounding level."""
+    q, k, v = structured_qkv(2, HEADS, 128, DIM, seed=1, dtype=torch.float64)
+    mask = suffix_mask([128, 90], 128)  # the second example has 90 one-token landmarks
+    exact = exact_softmax(q, k, v, mask)
+    errors = {}
+    for steps in (6, 12, 40):
+        attn = make("nystrom", 128, num_landmarks=128, pinv_iterations=steps).double()
+        errors[steps] = relative_error(attn(q, k, v, mask), exact, mask)
+    print("\nnystrom m = n, relative error vs exact by pinv steps:",
+          ", ".join(f"{s}: {e:.1e}" for s, e in errors.items()))
+    assert errors[40] < 1e-10
+
+
+# ---------------------------------------------------------------- H-Transformer-1D
+
+
+def test_h_transformer_error_shrinks_with_block():
+    q, k, v = structured_qkv(2, HEADS, 256, DIM, seed=0, dtype=torch.float64)
+    mask = suffix_mask([256, 200], 256)
+    exact = exact_softmax(q, k, v, mask)
+    errors = []
+    for block in (4, 8, 16, 32, 64):
+        out = make("h_transformer_1d", 256, block_size=block).double()(q, k, v, mask)
+        errors.append(relative_error(out, exact, mask))
+    print("\nh_transformer_1d relative error, block 4/8/16/32/64:",
+          " ".join(f"{e:.4f}" for e in errors))
+    assert all(b < a for a, b in zip(errors, errors[1:], strict=False))
+
+
+@pytest.mark.parametrize("seq, block", [(256, 256), (100, 128), (256, 128)])
+def test_h_transformer_whole_sequence_block_is_exact(seq, block):
+    """One block (or two neighbouring ones) covers every pair exactly at level 0."""
+    q, k, v = structured_qkv(2, HEADS, seq, DIM, seed=2, dtype=torch.float64)
+    mask = suffix_mask([seq, seq - 37], seq)
+    out = make("h_transformer_1d", seq, block_size=block).double()(q, k, v, mask)
+    err = relative_error(out, exact_softmax(q, k, v, mask), mask)
+    print(f"\nh_transformer_1d seq {seq} block {block}: relative error {err:.1e}")
+    assert err < 1e-12
+
+
+@pytest.mark.parametrize("seq, block", [(300, 4), (300, 16), (1000, 16), (33, 2)])
+def test_h_transformer_partition_covers_every_pair_once(seq, block):
+    """With q = 0 every coarse weight is exp(0) times the key count, so the output is the mean of
+    the real values exactly when each (query, key) pair is counted once across all levels."""
+    gen = torch.Generator().manual_seed(4)
+    k, v = (torch.randn(2, HEADS, seq, DIM, generator=gen, dtype=torch.float64) for _ in "kv")
+    q = torch.zeros_like(k)
+    mask = suffix_mask([seq, seq // 2 + 1], seq)
+    out = make("h_transformer_1d", seq, block_size=block).double()(q, k, v, mask)
+    torch.testing.assert_close(out, exact_softmax(q, k, v, mask), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- SOFT
+
+
+def test_soft_with_token_landmarks_is_exact_gaussian_product():
+    """With the tokens themselves as landmarks, K(q,q) pinv(K(q,q)) K(q,q) v = K(q,q) v.
+
+    The SOFT module never has token landmarks: even at stride 1 each landmark is
+    GELU(LayerNorm(W q_i)), a different point, and a Nystrom product on n landmarks other than
+    the tokens is not K(q,q) v (the Gaussian kernel's feature space is infinite-dimensional, so
+    n landmark features do not span the tokens' features). So exactness is checked on the shared
+    kernel product that the module calls, with landmarks = q; the module's own figure is printed.
+    """
+    seq = 64
+    gen = torch.Generator().manual_seed(5)
+    # Points about 2 apart: K has off-diagonal mass but stays well conditioned.
+    q = torch.randn(2, HEADS, seq, DIM, generator=gen, dtype=torch.float64) * 0.4
+    v = torch.randn(2, HEADS, seq, DIM, generator=gen, dtype=torch.float64)
+    mask = suffix_mask([seq, 40], seq)
+    kernel = gaussian_kernel(q, q) * mask[:, None, None, :]
+    exact = kernel @ v
+    out = soft_kernel_product(q, q, mask, v, mask, iterations=60)
+    err = relative_error(out, exact, mask)
+    cond = torch.linalg.cond(gaussian_kernel(q[:1, :1], q[:1, :1])).item()
+    print(f"\nsoft kernel product, landmarks = tokens: relative error {err:.1e} "
+          f"(cond K {cond:.0f})")
+    assert err < 1e-9
+    attn = make("soft", seq, num_landmarks=seq).double()  # stride 1
+    module_exact = gaussian_kernel(q * DIM**-0.25, q * DIM**-0.25) * mask[:, None, None, :] @ v
+    with torch.no_grad():
+        module_err = relative_error(attn(q, q, v, mask), module_exact, mask)
+    print(f"soft module at stride 1 (conv+LN+GELU landmarks) vs K(q,q) v: {module_err:.2f}")
+
+
+# ---------------------------------------------------------------- YOSO
+
+
+def test_yoso_collision_rate_is_the_expected_kernel():
+    """Averaged over many hash rounds, the bucket weight of (q, k) approaches
+    (1 - arccos(q.k) / pi)^tau."""
+    tau, rounds = 6, 4000
+    gen = torch.Generator().manual_seed(6)
+    cosines = torch.tensor([0.95, 0.7, 0.3, 0.0, -0.4], dtype=torch.float64)
+    q = torch.nn.functional.normalize(torch.randn(len(cosines), DIM, generator=gen,
+                                                  dtype=torch.float64), dim=-1)
+    ortho = torch.randn(len(cosines), DIM, generator=gen, dtype=torch.float64)
+    ortho = torch.nn.functional.normalize(ortho - (ortho * q).sum(-1, keepdim=True) * q, dim=-1)
+    k = cosines[:, None] * q + (1 - cosines[:, None] ** 2).sqrt() * ortho
+    planes = torch.randn(1, rounds, DIM, tau, generator=gen, dtype=torch.float64)
+    q_codes = simhash_codes(q[None, None], planes)  # (rounds, 1, 1, pairs)
+    k_codes = simhash_codes(k[None, None], planes)
+    one_hot = torch.eye(len(cosines), dtype=torch.float64)[None, None]  # value j marks key j
+    weight = sum(bucket_cumulation(q_codes[r], k_codes[r], one_hot, 2**tau)
+                 for r in range(rounds))[0, 0].diagonal() / rounds
+    expected = (1 - torch.arccos(cosines) / math.pi) ** tau
+    stderr = (expected * (1 - expected) / rounds).sqrt()
+    print("\nyoso collision rate vs (1 - arccos/pi)^tau:",
+          ", ".join(f"{c:.2f}: {w:.4f}/{e:.4f}" for c, w, e in zip(cosines.tolist(),
+                    weight.tolist(), expected.tolist(), strict=True)))
+    assert ((weight - expected).abs() <= 4 * stderr + 1e-3).all()
+
+
+def test_yoso_backward_is_the_documented_estimator():
+    """dv = mean_r S_r^T g; dq = tau/2 mean_r sum_j S_r[i, j] (g_i . v_j) k_j; dk symmetric,
+    checked against dense S_r built from the same codes."""
+    gen = torch.Generator().manual_seed(7)
+    batch, seq, tau, rounds = 2, 40, 3, 5
+    q, k, v, g = (torch.randn(batch, HEADS, seq, DIM, generator=gen, dtype=torch.float64)
+                  for _ in range(4))
+    planes = torch.randn(HEADS, rounds, DIM, tau, generator=gen, dtype=torch.float64)
+    q_codes, k_codes = simhash_codes(q, planes), simhash_codes(k, planes)
+    k_codes[:, 1, :, 30:] = 2**tau  # padded keys of example 1 in the trash bucket
+    v[1, :, 30:] = 0
+    bits = torch.tensor([tau, tau - 1])
+    q_codes[:, 1] &= 2 ** (tau - 1) - 1  # example 1 hashes with one bit fewer
+    k_codes[:, 1, :, :30] &= 2 ** (tau - 1) - 1
+    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
+    out = LSHCumulation.apply(*leaves, q_codes, k_codes, bits, 2**tau + 1)
+    out.backward(g)
+    s = (q_codes[..., :, None] == k_codes[..., None, :]).double().mean(0)  # (batch, heads, n, n)
+    half_tau = (bits / 2).double()[:, None, None, None]
+    gv = g @ v.transpose(-1, -2)  # g_i . v_j
+    torch.testing.assert_close(out, s @ v)
+    torch.testing.assert_close(leaves[2].grad, s.transpose(-1, -2) @ g)
+    torch.testing.assert_close(leaves[0].grad, half_tau * (s * gv) @ k)
+    torch.testing.assert_close(leaves[1].grad, half_tau * (s * gv).transpose(-1, -2) @ q)
+
+
+@pytest.mark.parametrize("name", ["yoso", "yoso_conv"])
+def test_yoso_gradients_finite_and_nonzero(name):
+    attn = make(name, 512).train()
+    q, k, v = (x.requires_grad_(True) for x in structured_qkv(2, HEADS, 300, DIM, seed=8))
+    out = attn(q, k, v, suffix_mask([300, 180], 300))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(9))).sum().backward()
+    norms = {n: x.grad.norm().item() for n, x in zip("qkv", (q, k, v), strict=True)}
+    print(f"\n{name} gradient norms:", ", ".join(f"{n} {x:.3g}" for n, x in norms.items()))
+    for x in (q, k, v):
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_yoso_hashes_fixed_at_eval_redrawn_in_training():
+    attn = make("yoso", 256)
+    q, k, v = structured_qkv(1, HEADS, 256, DIM, seed=10)
+    mask = suffix_mask([256], 256)
+    attn.eval()
+    torch.testing.assert_close(attn(q, k, v, mask), attn(q, k, v, mask), rtol=0, atol=0)
+    attn.train()
+    assert not torch.equal(attn(q, k, v, mask), attn(q, k, v, mask))
