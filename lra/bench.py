@@ -1,0 +1,191 @@
+"""`make bench`: forward+backward time, peak memory and approximation error of every attention.
+
+    python -m lra.bench [--lengths 1024 4096] [--attentions softmax mra2 ...] [--error-length 1024]
+
+Each (attention, length) is measured in a fresh subprocess, so the process's peak memory belongs to
+that measurement alone: on CPU it is the peak resident-set growth over the inputs already in
+memory; on CUDA, torch.cuda.max_memory_allocated. Time is the median of `--repeats` forward+backward
+passes after a warm-up. The error is ||out - exact|| / ||exact|| against softmax_naive on
+locality-structured inputs (attention_zoo.structured). Timings on a shared machine are noisy:
+compare ratios from one run, not absolute figures across runs.
+
+Writes results/bench/{bench.csv, bench.md, time_memory_vs_length.png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attention_zoo import attention_class, build_attention, list_attentions
+from attention_zoo.structured import relative_error, structured_qkv
+
+from .results import atomic_write_text, to_csv, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS, HEAD_DIM, BATCH = 2, 32, 1
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(name: str, seq: int, repeats: int, device: str) -> dict:
+    """Time and peak memory of forward+backward for one attention at one length."""
+    torch.manual_seed(0)
+    attn = build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=seq).to(device)
+    q, k, v = (x.to(device).requires_grad_(True)
+               for x in structured_qkv(BATCH, HEADS, seq, HEAD_DIM))
+    if attn.needs_shared_qk:
+        k = q
+    mask = torch.ones(BATCH, seq, dtype=torch.bool, device=device)
+    grad = torch.randn(BATCH, HEADS, seq, HEAD_DIM, device=device)
+
+    def step():
+        attn(q, k, v, mask).backward(grad)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    # The first pass is the memory measurement: it makes every allocation the method needs
+    # (later passes may reuse the allocator's cached blocks and show no growth).
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mb()
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(1000 * (time.perf_counter() - start))
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"attention": name, "seq_len": seq, "fwd_bwd_ms": statistics.median(times),
+            "peak_memory_mb": max(peak, 0.0), "device": device}
+
+
+@torch.no_grad()
+def approximation_error(name: str, seq: int) -> float:
+    torch.manual_seed(0)
+    q, k, v = structured_qkv(2, HEADS, seq, HEAD_DIM, seed=1)
+    mask = torch.ones(2, seq, dtype=torch.bool)
+    mask[1, seq * 3 // 4:] = False  # one padded example: errors count real rows only
+    exact = build_attention("softmax_naive", num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=seq)
+    attn = build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=seq).eval()
+    if attn.needs_shared_qk:
+        k = q
+    return relative_error(attn(q, k, v, mask), exact(q, k, v, mask), mask)
+
+
+def run_worker(name: str, seq: int, repeats: int, device: str) -> dict:
+    """Run `measure` in a fresh interpreter and return its JSON line."""
+    cmd = [sys.executable, "-m", "lra.bench", "--worker", name, str(seq), "--repeats",
+           str(repeats), "--device", device]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        return {"attention": name, "seq_len": seq, "error": tail[0]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name in sorted({r["attention"] for r in rows}):
+        pts = sorted((r["seq_len"], r) for r in rows if r["attention"] == name and "error" not in r)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        style = "-o" if name.startswith(("mra", "softmax")) else "--."
+        axes[0].plot(xs, [p[1]["fwd_bwd_ms"] for p in pts], style, label=name)
+        axes[1].plot(xs, [p[1]["peak_memory_mb"] for p in pts], style, label=name)
+    for ax, ylabel in zip(axes, ("forward+backward (ms)", "peak memory (MB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"one attention layer, batch {BATCH}, {HEADS} heads x {HEAD_DIM}, "
+                 f"{rows[0].get('device', 'cpu')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lra.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attentions", nargs="+", default=None,
+                        help="names to measure (default: every registered attention)")
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096])
+    parser.add_argument("--error-length", type=int, default=1024)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--worker", nargs=2, metavar=("NAME", "LEN"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.worker[0], int(args.worker[1]), args.repeats,
+                                 args.device)))
+        return 0
+
+    names = args.attentions or list_attentions()
+    unknown = sorted(set(names) - set(list_attentions()))
+    if unknown:
+        parser.error(f"unknown attention(s) {unknown}; valid: {', '.join(list_attentions())}")
+    rows = []
+    for name in names:
+        for seq in args.lengths:
+            row = run_worker(name, seq, args.repeats, args.device)
+            if "error" not in row and seq == args.error_length:
+                row["rel_error"] = approximation_error(name, seq)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.error_length not in args.lengths:
+        for name in names:
+            rows.append({"attention": name, "seq_len": args.error_length,
+                         "rel_error": approximation_error(name, args.error_length)})
+    base = {r["seq_len"]: r for r in rows if r["attention"] == "softmax" and "fwd_bwd_ms" in r}
+    for row in rows:
+        ref = base.get(row["seq_len"])
+        if ref and "fwd_bwd_ms" in row:
+            row["time_vs_softmax"] = row["fwd_bwd_ms"] / ref["fwd_bwd_ms"]
+            row["memory_vs_softmax"] = row["peak_memory_mb"] / max(ref["peak_memory_mb"], 1e-9)
+        row["approximates_softmax"] = attention_class(row["attention"]).approximates_softmax
+    columns = ["attention", "seq_len", "fwd_bwd_ms", "time_vs_softmax", "peak_memory_mb",
+               "memory_vs_softmax", "rel_error", "approximates_softmax", "device", "error"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m lra.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    atomic_write_text(args.out / "bench.csv", to_csv(rows, columns))
+    atomic_write_text(args.out / "bench.md", (
+        f"# Attention benchmark\n\nCommand: `{command.strip()}`\n\n"
+        f"One layer, batch {BATCH}, {HEADS} heads x {HEAD_DIM}; forward+backward median of "
+        f"{args.repeats}; memory = peak growth (RSS on CPU, allocated on CUDA); rel_error = "
+        "||out - exact|| / ||exact|| on locality-structured inputs (for methods that do not "
+        "approximate softmax it measures how far their own kernel is from it).\n\n"
+        + to_markdown(rows, columns)))
+    plot([r for r in rows if "fwd_bwd_ms" in r], args.out / "time_memory_vs_length.png")
+    print(f"written: {args.out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""`make bench` writes its tables and plot (no timing is asserted: speed is for benchmarks)."""
+
+from __future__ import annotations
+
+import csv
+
+from lra import bench
+
+
+def test_bench_writes_tables_with_ratios_and_errors(tmp_path):
+    code = bench.main(["--attentions", "softmax", "softmax_naive", "--lengths", "64", "128",
+                       "--error-length", "64", "--repeats", "1", "--out", str(tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
+    assert {(r["attention"], r["seq_len"]) for r in rows} == {
+        ("softmax", "64"), ("softmax", "128"), ("softmax_naive", "64"), ("softmax_naive", "128")}
+    for row in rows:
+        assert not row["error"], row["error"]
+        assert float(row["fwd_bwd_ms"]) > 0
+    exact = [r for r in rows if r["seq_len"] == "64"]
+    # Both are exact softmax: their error against the oracle is rounding only.
+    assert all(float(r["rel_error"]) < 1e-5 for r in exact)
+    assert float(next(r for r in exact if r["attention"] == "softmax")["time_vs_softmax"]) == 1.0
+    assert (tmp_path / "time_memory_vs_length.png").stat().st_size > 0
+    assert "Command: `python -m lra.bench" in (tmp_path / "bench.md").read_text()
