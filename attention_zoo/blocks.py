@@ -31,6 +31,7 @@ indices), and nothing here materialises an (n, n) or (nb, nb, b, ...) tensor.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def to_blocks(x: torch.Tensor, block_size: int, dim: int = -2) -> torch.Tensor:
@@ -144,3 +145,12 @@ def block_sparse_matmul(
     every pair p with rows[p] == r (zero for a row block with no pair).
     """
     return scatter_blocks(weights @ gather_blocks(v_blocks, cols), rows, num_row_blocks)
+
+
+def neighbour_blocks(x: torch.Tensor, offsets: tuple[int, ...], dim: int) -> torch.Tensor:
+    """Blocks I + o for o in offsets, side by side: x (..., nb, b, *rest) with the block index at
+    `dim` -> (..., nb, len(offsets) * b, *rest). Blocks outside the sequence are zeros."""
+    nb = x.shape[dim]
+    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [1, 1]
+    x = F.pad(x, pad)
+    return torch.cat([x.narrow(dim, 1 + o, nb) for o in offsets], dim=dim + 1)

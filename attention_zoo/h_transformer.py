@@ -32,19 +32,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .blocks import from_blocks, to_blocks
+from .blocks import from_blocks, neighbour_blocks, to_blocks
 from .masking import neg_inf, row_mask
-from .pinv import float32_math
 from .registry import Attention, AttentionError, register_attention
-
-
-def neighbour_blocks(x: torch.Tensor, offsets: tuple[int, ...], dim: int) -> torch.Tensor:
-    """Blocks I + o for o in offsets, side by side: x (..., nb, b, *rest) with the block index at
-    `dim` -> (..., nb, len(offsets) * b, *rest). Blocks outside the sequence are zeros."""
-    nb = x.shape[dim]
-    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [1, 1]
-    x = F.pad(x, pad)
-    return torch.cat([x.narrow(dim, 1 + o, nb) for o in offsets], dim=dim + 1)
 
 
 def level_pattern(block: int, offsets: tuple[int, ...], coarse: bool, device) -> torch.Tensor:
@@ -103,7 +93,8 @@ class HTransformer1dOptions:
 class HTransformer1dAttention(Attention):
     """Hierarchical (H-matrix) attention with exact near-diagonal blocks and coarse far blocks."""
 
-    @float32_math
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         block, seq = self.options.block_size, q.shape[2]
         # Level-l sums over real tokens (padding rows zeroed whatever they hold), and counts.

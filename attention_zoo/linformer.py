@@ -15,9 +15,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from .local import full_precision, require_ints
 from .masking import masked_rows
-from .registry import Attention, register_attention
+from .registry import Attention, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -54,7 +53,8 @@ class LinformerAttention(Attention):
         pooling = pooling / pooling.sum(dim=-1, keepdim=True)  # (proj_len, max_seq_len)
         self.projection = nn.Parameter(pooling.repeat(self.num_heads, 1, 1))
 
-    @full_precision
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         seq = q.shape[2]
         e = self.projection[:, :, :seq].to(q.dtype)  # (heads, proj_len, seq): sliced to the input

@@ -14,61 +14,13 @@ Used by Longformer (window plus global tokens) and Scatterbrain (exact window pl
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from .masking import neg_inf
-from .registry import AttentionError
+from .blocks import neighbour_blocks, to_blocks
 
-
-def full_precision(attend):
-    """Decorate `_attend(self, q, k, v, mask)` to run in at least fp32 with autocast off.
-
-    exp of logits (and of random features) overflows in fp16 and loses the tail in bf16; fp64
-    inputs stay fp64. The base class casts the output back to the input dtype.
-    """
-
-    @functools.wraps(attend)
-    def wrapper(self, q, k, v, mask):
-        dtype = torch.promote_types(q.dtype, torch.float32)
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            return attend(self, q.to(dtype), k.to(dtype), v.to(dtype), mask)
-
-    return wrapper
-
-
-def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest: int) -> None:
-    """Raise AttentionError unless each named option is an int >= its lowest allowed value
-    (or None, for the options listed in `nullable`)."""
-    for key, low in lowest.items():
-        value = getattr(options, key)
-        if value is None and key in nullable:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            allowed = " or null" if key in nullable else ""
-            raise AttentionError(f"{name}: {key} must be an int >= {low}{allowed}, got {value!r}")
-
-
-def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim, restricted to `allowed` (broadcastable bool).
-
-    A row with no allowed entry (an example with no real token) gets all-zero weights, not NaN.
-    """
-    weights = torch.softmax(logits.masked_fill(~allowed, neg_inf(logits.dtype)), dim=-1)
-    return weights * allowed
-
-
-def neighbour_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
-    """(*lead, n, f) -> (*lead, nb, 3 * block, f): each block's previous, own and next block.
-
-    n must be a multiple of block. Blocks beyond either end are zeros.
-    """
-    blocks = x.unflatten(-2, (x.shape[-2] // block, block))
-    padded = F.pad(blocks, (0, 0, 0, 0, 1, 1))  # a zero block before the first and after the last
-    return torch.cat([padded[..., :-2, :, :], padded[..., 1:-1, :, :], padded[..., 2:, :, :]],
-                     dim=-2)
+# Each query block sees the keys of its previous, own and next block.
+PREV_OWN_NEXT = (-1, 0, 1)
 
 
 class Band:
@@ -87,7 +39,8 @@ class Band:
         # distance[i, j] = key position - query position, the same in every block.
         in_band = (offsets[None, :] - rows[:, None]).abs() <= half_window  # (block, 3 * block)
         # Neighbour blocks beyond the input come back as 0 = not a real key.
-        key_real = neighbour_blocks(mask[:, :, None].to(torch.uint8), self.block)[..., 0].bool()
+        key_real = neighbour_blocks(to_blocks(mask[:, :, None].to(torch.uint8), self.block),
+                                    PREV_OWN_NEXT, dim=-3)[..., 0].bool()
         # allowed: (batch, 1, nb, block, 3 * block)
         self.allowed = in_band & key_real[:, None, :, None, :]
 
@@ -102,13 +55,18 @@ class Band:
         """(batch, heads, padded seq, f) -> (batch, heads, nb, block, f)."""
         return x.unflatten(-2, (x.shape[-2] // self.block, self.block))
 
+    def key_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, padded seq, f) -> (batch, heads, nb, 3 * block, f): the keys each query
+        block sees (zeros beyond the input)."""
+        return neighbour_blocks(self.query_blocks(x), PREV_OWN_NEXT, dim=-3)
+
     def scores(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """a . b over the band: a, b (batch, heads, padded seq, f) -> (batch, heads, nb, block,
         3 * block). Entries outside `allowed` are meaningless; callers mask them."""
-        return self.query_blocks(a) @ neighbour_blocks(b, self.block).transpose(-1, -2)
+        return self.query_blocks(a) @ self.key_blocks(b).transpose(-1, -2)
 
     def apply(self, weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Band weights (batch, heads, nb, block, 3 * block) times v (batch, heads, padded seq, d)
         -> (batch, heads, padded seq, d). Weights outside `allowed` must already be zero."""
-        return (weights @ neighbour_blocks(v, self.block)).flatten(-3, -2)
+        return (weights @ self.key_blocks(v)).flatten(-3, -2)
 

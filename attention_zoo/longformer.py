@@ -12,9 +12,9 @@ import math
 
 import torch
 
-from .local import Band, full_precision, masked_softmax, require_ints
-from .masking import key_mask
-from .registry import Attention, register_attention
+from .local import Band
+from .masking import key_mask, masked_softmax
+from .registry import Attention, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -42,7 +42,8 @@ class LongformerAttention(Attention):
     0 .. num_global - 1; a padded one is never attended, like any padded key. Deterministic.
     """
 
-    @full_precision
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         num_global = min(self.options.num_global, q.shape[2])
         scale = 1.0 / math.sqrt(q.shape[-1])

@@ -43,3 +43,12 @@ def pad_to_multiple(
 def neg_inf(dtype: torch.dtype) -> float:
     """A large negative logit that stays finite in `dtype` (exp underflows to exactly 0)."""
     return torch.finfo(dtype).min / 2
+
+
+def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, restricted to `allowed` (bool, broadcastable to logits).
+
+    A row with no allowed entry (an example with no real token) gets all-zero weights, not NaN.
+    """
+    weights = torch.softmax(logits.masked_fill(~allowed, neg_inf(logits.dtype)), dim=-1)
+    return weights * allowed.to(weights.dtype)

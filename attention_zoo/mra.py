@@ -34,7 +34,7 @@ from .blocks import (
     to_blocks,
 )
 from .masking import neg_inf, pad_to_multiple
-from .registry import Attention, AttentionError, register_attention
+from .registry import Attention, AttentionError, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -60,12 +60,8 @@ class MraOptions:
     input_shape: list[int] | None = None
 
     def validate(self) -> None:
-        for key, low in (("block_size", 1), ("block_per_row", 1),
-                         ("initial_prior_first_n_blocks", 0),
-                         ("initial_prior_diagonal_n_blocks", 0)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise AttentionError(f"mra: {key} must be an int >= {low}, got {value!r}")
+        require_ints("mra", self, block_size=1, block_per_row=1, initial_prior_first_n_blocks=0,
+                     initial_prior_diagonal_n_blocks=0)
         if self.input_shape is not None:
             grid = list(self.input_shape)
             if len(grid) != 2 or not all(
@@ -239,36 +235,35 @@ class MraAttention(Attention):
 
     approx_mode: ClassVar[str]
 
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         opts = self.options
         seq = q.shape[2]
-        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            q, k, v = (x.to(dtype) for x in (q, k, v))
-            order = None
-            if opts.input_shape is not None:
-                height, width = opts.input_shape
-                if height * width != seq:
-                    raise AttentionError(
-                        f"{self.name}: input_shape {height} x {width} = {height * width} tokens "
-                        f"does not match the sequence length {seq}"
-                    )
-                order = grid_order(height, width, opts.block_size, q.device)
-                q, k, v = (x[:, :, order] for x in (q, k, v))
-                mask = mask[:, order]
-            # Pad to a block multiple; the new positions are masked padding.
-            (q, padded), (k, _), (v, _) = (pad_to_multiple(x, mask, opts.block_size)
-                                           for x in (q, k, v))
-            out = mra_attention(
-                q, k, v, padded,
-                block_size=opts.block_size,
-                block_per_row=opts.block_per_row,
-                approx_mode=self.approx_mode,
-                first_n=opts.initial_prior_first_n_blocks,
-                diagonal_n=opts.initial_prior_diagonal_n_blocks,
-            )[:, :, :seq]
-            if order is not None:
-                out = out[:, :, torch.argsort(order)]
+        order = None
+        if opts.input_shape is not None:
+            height, width = opts.input_shape
+            if height * width != seq:
+                raise AttentionError(
+                    f"{self.name}: input_shape {height} x {width} = {height * width} tokens "
+                    f"does not match the sequence length {seq}"
+                )
+            order = grid_order(height, width, opts.block_size, q.device)
+            q, k, v = (x[:, :, order] for x in (q, k, v))
+            mask = mask[:, order]
+        # Pad to a block multiple; the new positions are masked padding.
+        (q, padded), (k, _), (v, _) = (pad_to_multiple(x, mask, opts.block_size)
+                                       for x in (q, k, v))
+        out = mra_attention(
+            q, k, v, padded,
+            block_size=opts.block_size,
+            block_per_row=opts.block_per_row,
+            approx_mode=self.approx_mode,
+            first_n=opts.initial_prior_first_n_blocks,
+            diagonal_n=opts.initial_prior_diagonal_n_blocks,
+        )[:, :, :seq]
+        if order is not None:
+            out = out[:, :, torch.argsort(order)]
         return out
 
 

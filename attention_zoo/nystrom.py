@@ -20,15 +20,9 @@ import torch
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .landmarks import segment_means
-from .masking import key_mask, neg_inf, row_mask
-from .pinv import float32_math, masked_pinv
+from .masking import key_mask, masked_softmax, row_mask
+from .pinv import masked_pinv
 from .registry import Attention, AttentionError, register_attention
-
-
-def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the allowed entries of the last dim; rows with none allowed are zero."""
-    weights = torch.softmax(logits.masked_fill(~allowed, neg_inf(logits.dtype)), dim=-1)
-    return weights * allowed.to(weights.dtype)
 
 
 @dataclass
@@ -51,7 +45,8 @@ class NystromAttention(Attention):
     Deterministic (no randomness). Math in float32 (float64 for float64 inputs) under autocast.
     """
 
-    @float32_math
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         # Zero the padded rows once, whatever they hold (even inf), so none can reach an output.
         q, k, v = (torch.where(row_mask(mask), x, 0) for x in (q, k, v))

@@ -12,9 +12,8 @@ import dataclasses
 
 import torch
 
-from .local import full_precision, require_ints
 from .random_features import RandomFeatures, module_seed
-from .registry import Attention, register_attention
+from .registry import Attention, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -62,7 +61,8 @@ class PerformerAttention(Attention):
         self.features = RandomFeatures(self.head_dim, opts.num_features, module_seed(opts.seed),
                                        opts.redraw_every)
 
-    @full_precision
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         phi_q, _, phi_k, _ = self.features(q, k, mask)
         numerator, denominator = linear_attention(phi_q, phi_k, v)

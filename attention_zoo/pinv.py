@@ -20,8 +20,6 @@ published harness does) couples examples. No `.item()` host sync: a fixed number
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 # Coefficients c_0..c_k of p(X) = sum_i c_i X^i.
@@ -34,22 +32,6 @@ UPDATES: dict[str, tuple[float, ...]] = {
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32, or float64 for float64 inputs: the precision the landmark and hash math needs."""
     return torch.promote_types(dtype, torch.float32)
-
-
-def float32_math(attend):
-    """Decorate `_attend(self, q, k, v, mask)`: run it with autocast off in at least float32.
-
-    Landmark inverses, hash signs and max-subtracted exponentials are precision-sensitive; the base
-    `Attention.forward` casts the result back to the input dtype.
-    """
-
-    @functools.wraps(attend)
-    def wrapped(self, q, k, v, mask):
-        dtype = math_dtype(q.dtype)
-        with torch.autocast(q.device.type, enabled=False):
-            return attend(self, q.to(dtype), k.to(dtype), v.to(dtype), mask)
-
-    return wrapped
 
 
 def newton_pinv(a: torch.Tensor, iterations: int, update: str = "razavi") -> torch.Tensor:

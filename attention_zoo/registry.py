@@ -46,6 +46,9 @@ class Attention(nn.Module):
       approximates_softmax  the method estimates softmax(qk^T/sqrt(d)) v (error is measured);
                             False for methods that define their own kernel (SOFT, YOSO).
       max_supported_len     the longest input the module takes (None = any length).
+      full_precision        run `_attend` in at least fp32 with autocast off: exp of logits or
+                            random features overflows in fp16 and loses its tail in bf16, and
+                            pseudo-inverses and hash signs need the precision (fp64 stays fp64).
     Every module takes any length: methods that need a block, chunk or window multiple pad
     internally and mask the padding.
     """
@@ -53,6 +56,7 @@ class Attention(nn.Module):
     needs_shared_qk: ClassVar[bool] = False
     approximates_softmax: ClassVar[bool] = True
     max_supported_len: ClassVar[int | None] = None
+    full_precision: ClassVar[bool] = False
 
     name: str = "attention"
 
@@ -67,7 +71,12 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         self.check_inputs(q, k, v, mask)
-        out = self._attend(q, k, v, mask)
+        if self.full_precision:
+            dtype = torch.promote_types(q.dtype, torch.float32)
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                out = self._attend(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+        else:
+            out = self._attend(q, k, v, mask)
         # Padded query rows are defined as zero for every method, whatever it computed there.
         return (out * mask[:, None, :, None].to(out.dtype)).to(q.dtype)
 
@@ -108,6 +117,18 @@ class Attention(nn.Module):
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.options).items())
         return f"heads={self.num_heads}, head_dim={self.head_dim}, {opts}".rstrip(", ")
+
+
+def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest: int) -> None:
+    """For an options dataclass's `validate`: raise AttentionError unless each named option is an
+    int >= its lowest allowed value (or None, for the options listed in `nullable`)."""
+    for key, low in lowest.items():
+        value = getattr(options, key)
+        if value is None and key in nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            allowed = " or null" if key in nullable else ""
+            raise AttentionError(f"{name}: {key} must be an int >= {low}{allowed}, got {value!r}")
 
 
 _REGISTRY: dict[str, tuple[type[Attention], type]] = {}

@@ -19,11 +19,11 @@ import math
 
 import torch
 
-from .local import Band, full_precision, require_ints
+from .local import Band
 from .masking import neg_inf
 from .performer import linear_attention
 from .random_features import RandomFeatures, module_seed
-from .registry import Attention, register_attention
+from .registry import Attention, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -60,7 +60,8 @@ class ScatterbrainAttention(Attention):
         self.features = RandomFeatures(self.head_dim, opts.num_features, module_seed(opts.seed),
                                        opts.redraw_every)
 
-    @full_precision
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         band = Band(mask, self.options.window // 2)
         # phi_q . phi_k estimates exp(logit - q_offset - k_offset).

@@ -31,7 +31,7 @@ from torch import nn
 from .conv_branch import ConvOptions, WithConvBranch
 from .landmarks import real_tokens_in_windows
 from .masking import row_mask
-from .pinv import float32_math, masked_pinv
+from .pinv import masked_pinv
 from .registry import Attention, AttentionError, register_attention
 
 
@@ -97,7 +97,8 @@ class SoftAttention(Attention):
                                        stride=self.stride, bias=False)
         self.landmark_norm = nn.LayerNorm(self.head_dim)
 
-    @float32_math
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         batch, heads, _, dim = q.shape
         q = torch.where(row_mask(mask), q, 0) * dim**-0.25

@@ -48,7 +48,6 @@ import torch.nn.functional as F
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .masking import row_mask
-from .pinv import float32_math
 from .registry import Attention, AttentionError, register_attention
 
 # Most table entries (fp32 values) one chunk of the weighted backward may allocate (256 MiB).
@@ -184,7 +183,8 @@ class YosoAttention(Attention):
         lengths = mask.sum(dim=1).clamp_min(1).double()
         return torch.minimum(bits, torch.ceil(torch.log2(lengths)).long() + opts.tau_slack)
 
-    @float32_math
+    full_precision = True
+
     def _attend(self, q, k, v, mask):
         tau = self.options.tau
         planes = self.draw_planes() if self.training else self.eval_planes
