@@ -10,7 +10,22 @@ remaining m - L segments are empty (marked invalid, to be masked by the caller).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .registry import require_ints
+
+
+@dataclass
+class LandmarkOptions:
+    """Options shared by the landmark methods (Nystromformer, SOFT)."""
+
+    num_landmarks: int = 64
+    pinv_iterations: int = 6
+
+    def validate(self) -> None:
+        require_ints(type(self).__name__, self, num_landmarks=1, pinv_iterations=0)
 
 
 def real_token_rank(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,23 +19,15 @@ from dataclasses import dataclass
 import torch
 
 from .conv_branch import ConvOptions, WithConvBranch
-from .landmarks import segment_means
+from .landmarks import LandmarkOptions, segment_means
 from .masking import key_mask, masked_softmax, row_mask
 from .pinv import masked_pinv
-from .registry import Attention, AttentionError, register_attention
+from .registry import Attention, register_attention
 
 
 @dataclass
-class NystromOptions:
-    num_landmarks: int = 64
+class NystromOptions(LandmarkOptions):
     pinv_iterations: int = 6
-
-    def validate(self) -> None:
-        if self.num_landmarks < 1 or self.pinv_iterations < 0:
-            raise AttentionError(
-                "nystrom: num_landmarks must be >= 1 and pinv_iterations >= 0, got "
-                f"{self.num_landmarks} and {self.pinv_iterations}"
-            )
 
 
 @register_attention("nystrom", NystromOptions)

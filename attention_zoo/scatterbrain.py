@@ -21,46 +21,32 @@ import torch
 
 from .local import Band
 from .masking import neg_inf
-from .performer import linear_attention
-from .random_features import RandomFeatures, module_seed
-from .registry import Attention, register_attention, require_ints
+from .performer import PerformerAttention, PerformerOptions, linear_attention
+from .registry import register_attention, require_ints
 
 
 @dataclasses.dataclass
-class ScatterbrainOptions:
+class ScatterbrainOptions(PerformerOptions):
     """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's).
-    num_features: random features of the low-rank part (256, the Performer setting).
-    redraw_every: feature redraw policy, as in Performer (None: fixed per seed).
-    seed: seed of the feature draws; None draws one from torch's global RNG at construction.
+    The low-rank part takes Performer's options (256 features, fixed per seed by default).
     """
 
     window: int = 64
-    num_features: int = 256
-    redraw_every: int | None = None
-    seed: int | None = None
 
     def validate(self) -> None:
-        require_ints("scatterbrain", self, nullable=("redraw_every", "seed"), window=0,
-                     num_features=1, redraw_every=1, seed=0)
+        super().validate()
+        require_ints("scatterbrain", self, window=0)
 
 
 @register_attention("scatterbrain", ScatterbrainOptions)
-class ScatterbrainAttention(Attention):
+class ScatterbrainAttention(PerformerAttention):
     """Local window (exact) plus FAVOR+ low rank for the rest.
 
-    Randomness is that of Performer (`random_features.RandomFeatures`): fixed features per seed
+    A Performer whose window keys count exactly. Randomness is Performer's: fixed features per seed
     by default, train and eval alike, so eval is deterministic. phi(k) is zero at padded keys and
     the window masks them, so padding never counts. With a window covering the sequence the
     low-rank part cancels and the output is exact softmax attention.
     """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        opts = self.options
-        self.features = RandomFeatures(self.head_dim, opts.num_features, module_seed(opts.seed),
-                                       opts.redraw_every)
-
-    full_precision = True
 
     def _attend(self, q, k, v, mask):
         band = Band(mask, self.options.window // 2)

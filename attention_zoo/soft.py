@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv_branch import ConvOptions, WithConvBranch
-from .landmarks import real_tokens_in_windows
+from .landmarks import LandmarkOptions, real_tokens_in_windows
 from .masking import row_mask
 from .pinv import masked_pinv
-from .registry import Attention, AttentionError, register_attention
+from .registry import Attention, register_attention
 
 
 def gaussian_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -68,16 +68,8 @@ def soft_kernel_product(
 
 
 @dataclass
-class SoftOptions:
-    num_landmarks: int = 64
+class SoftOptions(LandmarkOptions):
     pinv_iterations: int = 20  # the official code's max_iter
-
-    def validate(self) -> None:
-        if self.num_landmarks < 1 or self.pinv_iterations < 0:
-            raise AttentionError(
-                "soft: num_landmarks must be >= 1 and pinv_iterations >= 0, got "
-                f"{self.num_landmarks} and {self.pinv_iterations}"
-            )
 
 
 @register_attention("soft", SoftOptions)
