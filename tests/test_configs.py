@@ -1,0 +1,78 @@
+"""The config tree: every attention and task composes, validates and trains a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from attention_zoo import list_attentions
+from lra.config import load_config
+from lra.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+ATTENTION_CONFIGS = sorted(p.stem for p in (CONF / "attention").glob("*.yaml"))
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["runs_dir=unused", "data.root=unused", *overrides])
+
+
+def test_every_registered_attention_has_a_config_and_back():
+    assert ATTENTION_CONFIGS == list_attentions()
+
+
+def test_every_attention_task_preset_names_a_real_pair():
+    for path in (CONF / "attention_task").glob("*.yaml"):
+        attention, task = next((a, path.stem[len(a) + 1:]) for a in
+                               sorted(ATTENTION_CONFIGS, key=len, reverse=True)
+                               if path.stem.startswith(a + "_"))
+        assert task in TASKS, path
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("attention", ATTENTION_CONFIGS)
+def test_every_attention_task_pair_validates(attention, task):
+    cfg = load_config(composed(f"task={task}", f"attention={attention}"))
+    assert cfg.attention.name == attention and cfg.task.name == task
+
+
+def test_task_presets_apply_and_command_line_wins():
+    cfg = load_config(composed("task=image", "attention=mra2"))
+    assert cfg.attention.options["input_shape"] == [32, 32]
+    assert cfg.attention.options["initial_prior_first_n_blocks"] == 1
+    cfg = load_config(composed("task=text", "attention=mra2_s",
+                               "attention.options.initial_prior_diagonal_n_blocks=3"))
+    assert cfg.attention.options["initial_prior_diagonal_n_blocks"] == 3
+    assert load_config(composed("task=listops", "attention=yoso")).attention.options["tau"] == 11
+
+
+@pytest.mark.parametrize("attention", ATTENTION_CONFIGS)
+def test_every_attention_trains_on_listops(attention, tiny_data_root, tmp_path):
+    """The acceptance run `task=listops attention=<name> data=mini`, shortened to 3 steps."""
+    raw = composed(f"attention={attention}", "task.max_len=64", "trainer.max_steps=3",
+                   "trainer.eval_every=3", "trainer.batch_size=8", "trainer.progress=false",
+                   "data.build_missing=false")
+    raw.data.root = str(tiny_data_root)
+    raw.runs_dir = str(tmp_path)
+    summary = train(load_config(raw))
+    assert summary["steps"] == 3 and summary["attention"] == attention
+    assert json.loads(Path(summary["run_dir"], "summary.json").read_text())["steps"] == 3
+
+
+def test_wandb_logger_runs_offline_without_api_key(tiny_data_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    raw = composed("logger=wandb", "task.max_len=64", "trainer.max_steps=2",
+                   "trainer.eval_every=2", "trainer.batch_size=8", "trainer.progress=false",
+                   "data.build_missing=false")
+    raw.data.root = str(tiny_data_root)
+    raw.runs_dir = str(tmp_path)
+    summary = train(load_config(raw))
+    offline = list(Path(summary["run_dir"], "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, os.listdir(Path(summary["run_dir"], "wandb"))
