@@ -67,13 +67,19 @@ class TaskData:
     manifest: dict[str, Any]
     splits: dict[str, TaskDataset]
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool, cfg: DataConfig,
-               generator: torch.Generator | None = None) -> DataLoader:
-        return DataLoader(
-            self.splits[split], batch_size=batch_size, shuffle=shuffle, drop_last=False,
-            num_workers=cfg.num_workers, generator=generator,
-            collate_fn=Collate(cfg.pad_to, cfg.mask_zero_tokens_as_padding),
-        )
+    def train_loader(self, batches: torch.utils.data.Sampler, cfg: DataConfig) -> DataLoader:
+        """Training batches from a batch sampler (`lra.distributed.StepBatches`)."""
+        return DataLoader(self.splits["train"], batch_sampler=batches,
+                          num_workers=cfg.num_workers, collate_fn=self.collate(cfg))
+
+    def eval_loader(self, split: str, batch_size: int, sampler: torch.utils.data.Sampler,
+                    cfg: DataConfig) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=batch_size, sampler=sampler,
+                          num_workers=cfg.num_workers, collate_fn=self.collate(cfg))
+
+    @staticmethod
+    def collate(cfg: DataConfig) -> Collate:
+        return Collate(cfg.pad_to, cfg.mask_zero_tokens_as_padding)
 
 
 def load_task_data(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> TaskData:

@@ -1,10 +1,11 @@
 """Train and evaluate one (task, attention, seed) run: `python -m lra.train task=listops
-attention=mra2`, or a sweep with `-m`.
+attention=mra2`, a sweep with `-m`, or several processes with `torchrun --nproc_per_node=N -m
+lra.train ...` (DistributedDataParallel; `trainer.batch_size` stays the global batch).
 
 The run folder is <runs_dir>/<data>/<tag>/<task>-<attention>-s<seed>-<fingerprint>, where the
 fingerprint hashes every setting that changes the result. Re-running the same command resumes from
-`last.pt`, and skips a run whose `summary.json` exists, so a killed sweep loses at most the run in
-progress.
+`last.pt` (with the exact data order, see lra.distributed), and skips a run whose `summary.json`
+exists, so a killed sweep loses at most the run in progress.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from attention_zoo import AttentionError
 from data_prep.cache import DataError
 
+from . import distributed
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data
 from .model import Classifier
@@ -44,13 +47,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available; use "
                           "trainer.device=auto or cpu")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank)
 
 
 def rss_mb() -> float:
@@ -77,22 +80,6 @@ def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
                       pair=cfg.task.pair)
 
 
-@torch.no_grad()
-def evaluate(model, loader, device, autocast, max_batches: int | None = None) -> float:
-    model.eval()
-    correct = total = 0
-    for i, (tokens, mask, labels) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
-        with autocast():
-            logits = model(tokens, mask)
-        correct += int((logits.argmax(-1) == labels).sum())
-        total += len(labels)
-    model.train()
-    return correct / max(total, 1)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -102,9 +89,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 class Logger:
     """wandb when `logger=wandb` (offline unless an API key is configured), else nothing."""
 
-    def __init__(self, cfg: Config, run_name: str, run_dir: Path):
+    def __init__(self, cfg: Config, run_name: str, run_dir: Path, enabled: bool):
         self.run = None
-        if cfg.logger.name != "wandb":
+        if cfg.logger.name != "wandb" or not enabled:
             return
         import wandb
 
@@ -127,28 +114,69 @@ class Logger:
             self.run.finish()
 
 
+class Evaluator:
+    """Accuracy on a split, sharded over processes and summed."""
+
+    def __init__(self, data: TaskData, cfg: Config, d: distributed.Dist, device, autocast):
+        self.data, self.cfg, self.d, self.device, self.autocast = data, cfg, d, device, autocast
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, split: str, max_batches: int | None = None
+                 ) -> float:
+        dataset = self.data.splits[split]
+        loader = self.data.eval_loader(split, self.cfg.trainer.batch_size,
+                                       distributed.Shard(len(dataset), self.d), self.cfg.data)
+        was_training = model.training
+        model.eval()
+        correct = total = 0
+        for i, (tokens, mask, labels) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            tokens, mask, labels = (t.to(self.device) for t in (tokens, mask, labels))
+            with self.autocast():
+                logits = model(tokens, mask)
+            correct += int((logits.argmax(-1) == labels).sum())
+            total += len(labels)
+        model.train(was_training)
+        correct, total = self.d.sum([correct, total], self.device)
+        return correct / max(total, 1)
+
+
+def run_folder(cfg: Config) -> tuple[str, Path]:
+    name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
+    return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / f"{name}-{fingerprint(cfg)}"
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run one training job end to end and return its summary."""
-    run_name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
-    run_dir = Path(cfg.runs_dir) / cfg.data.name / cfg.tag / f"{run_name}-{fingerprint(cfg)}"
+    tc = cfg.trainer
+    run_name, run_dir = run_folder(cfg)
     summary_path = run_dir / "summary.json"
-    if cfg.trainer.resume and summary_path.exists():
+    if tc.resume and summary_path.exists():
         log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
         return json.loads(summary_path.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    log.info("run folder: %s", run_dir)
 
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+    d = distributed.init_from_env(use_cuda=tc.device != "cpu" and torch.cuda.is_available())
+    device = pick_device(tc.device, d.local_rank)
+    if tc.batch_size % d.world:
+        raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
+                          f"multiple of the {d.world} processes")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        log.info("run folder: %s", run_dir)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
     seed_everything(cfg.seed)
-    device = pick_device(cfg.trainer.device)
     expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
               "max_len": cfg.task.max_len}
-    data: TaskData = load_task_data(cfg.task.name, cfg.data, expect=expect)
+    if d.main:  # build a missing mini task once, before the other processes read it
+        load_task_data(cfg.task.name, cfg.data, expect=expect)
+    d.barrier()
+    data = load_task_data(cfg.task.name, cfg.data, expect=expect)
+
     model = build_model(cfg, data.manifest).to(device)
     params = sum(p.numel() for p in model.parameters())
-    tc = cfg.trainer
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                   eps=tc.eps, weight_decay=tc.weight_decay)
     warmup = tc.warmup_steps
@@ -167,9 +195,9 @@ def train(cfg: Config) -> dict[str, Any]:
             return nullcontext()
         return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
-    step, best_dev, metrics_path = 0, -1.0, run_dir / "metrics.jsonl"
-    loader_gen = torch.Generator().manual_seed(cfg.seed)
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    step, best_dev = 0, -1.0
+    metrics_path, last_path, best_path = (run_dir / n for n in ("metrics.jsonl", "last.pt",
+                                                                 "best.pt"))
     if tc.resume and last_path.exists():
         state = torch.load(last_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -177,36 +205,30 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, best_dev = state["step"], state["best_dev"]
-        loader_gen.set_state(state["loader_generator"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
-    elif metrics_path.exists():
+    elif d.main and metrics_path.exists():
         metrics_path.unlink()  # a fresh start owns its metrics log
 
-    train_loader = data.loader("train", tc.batch_size, shuffle=True, cfg=cfg.data,
-                               generator=loader_gen)
-    dev_loader = data.loader("val", tc.batch_size, shuffle=False, cfg=cfg.data)
-    test_loader = data.loader("test", tc.batch_size, shuffle=False, cfg=cfg.data)
-    logger = Logger(cfg, run_name, run_dir)
+    # DDP averages gradients over processes; evaluation and checkpoints use the plain module.
+    ddp = DistributedDataParallel(model) if d.world > 1 else model
+    batches = distributed.StepBatches(len(data.splits["train"]), tc.batch_size, cfg.seed, step, d)
+    train_batches = iter(data.train_loader(batches, cfg.data))
+    evaluate = Evaluator(data, cfg, d, device, autocast)
+    logger = Logger(cfg, run_name, run_dir, enabled=d.main)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = rss_mb()
     train_time, real_tokens, timed_steps = 0.0, 0, 0
     model.train()
-    bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, disable=not tc.progress,
-               file=sys.stderr, dynamic_ncols=True)
-    batches = iter(train_loader)
+    bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
+               disable=not (tc.progress and d.main), dynamic_ncols=True)
     while step < tc.max_steps:
-        try:
-            tokens, mask, labels = next(batches)
-        except StopIteration:
-            batches = iter(train_loader)
-            continue
-        tokens, mask, labels = tokens.to(device), mask.to(device), labels.to(device)
+        tokens, mask, labels = (t.to(device) for t in next(train_batches))
         start = time.perf_counter()
         with autocast():
-            loss = torch.nn.functional.cross_entropy(model(tokens, mask).float(), labels)
+            loss = torch.nn.functional.cross_entropy(ddp(tokens, mask).float(), labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -227,20 +249,22 @@ def train(cfg: Config) -> dict[str, Any]:
         bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
 
         if step % tc.eval_every == 0 or step == tc.max_steps:
-            dev_acc = evaluate(model, dev_loader, device, autocast, tc.eval_batches)
-            record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                      "dev_accuracy": dev_acc}
-            append_jsonl(metrics_path, record)
-            logger.log(record, step)
-            if dev_acc > best_dev:
-                best_dev = dev_acc
-                save_checkpoint(best_path, {"model": model.state_dict(), "step": step})
-            save_checkpoint(last_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "best_dev": best_dev, "loader_generator": loader_gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            })
+            dev_acc = evaluate(model, "val", tc.eval_batches)
+            improved = dev_acc > best_dev
+            best_dev = max(best_dev, dev_acc)
+            if d.main:
+                record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                          "dev_accuracy": dev_acc}
+                append_jsonl(metrics_path, record)
+                logger.log(record, step)
+                if improved:
+                    save_checkpoint(best_path, {"model": model.state_dict(), "step": step})
+                save_checkpoint(last_path, {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "step": step, "best_dev": best_dev, "torch_rng": torch.get_rng_state(),
+                })
+            d.barrier()
     bar.close()
 
     if device.type == "cuda":
@@ -248,7 +272,8 @@ def train(cfg: Config) -> dict[str, Any]:
     else:
         peak_memory_mb = max(0.0, peak_rss_mb() - rss_before)
     model.load_state_dict(torch.load(best_path, map_location=device)["model"])
-    test_acc = evaluate(model, test_loader, device, autocast)
+    test_acc = evaluate(model, "test")
+    [real_tokens] = d.sum([real_tokens], device)
     train_labels = np.asarray(data.splits["train"].split.labels)
     test_labels = np.asarray(data.splits["test"].split.labels)
     majority = int(np.bincount(train_labels).argmax())
@@ -261,15 +286,17 @@ def train(cfg: Config) -> dict[str, Any]:
         "step_time_ms": 1000 * train_time / max(timed_steps, 1),
         "tokens_per_s": real_tokens / train_time if train_time > 0 else math.nan,
         "peak_memory_kind": ("cuda_max_allocated" if device.type == "cuda"
-                             else "cpu_peak_rss_growth"),
-        "attention_options": dict(cfg.attention.options), "tag": cfg.tag,
-        "run_dir": str(run_dir),
+                             else "cpu_peak_rss_growth") + " (per process)",
+        "world_size": d.world, "attention_options": dict(cfg.attention.options),
+        "tag": cfg.tag, "run_dir": str(run_dir),
     }
     check_summary(summary)
-    write_json(summary_path, summary)
-    logger.finish(summary)
-    log.info("%s: test accuracy %.4f (majority %.4f), best dev %.4f", run_name, test_acc,
-             summary["majority_accuracy"], best_dev)
+    if d.main:
+        write_json(summary_path, summary)
+        logger.finish(summary)
+        log.info("%s: test accuracy %.4f (majority %.4f), best dev %.4f", run_name, test_acc,
+                 summary["majority_accuracy"], best_dev)
+    distributed.shutdown()
     return summary
 
 
