@@ -71,7 +71,8 @@ def pack(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, 
     return tokens, lengths
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a file, read in 4 MB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -130,7 +131,7 @@ def write_task(
             for key, array in arrays.items():
                 path = tmp / f"{name}.{key}.npy"
                 np.save(path, array)
-                entry["sha256"][path.name] = _sha256(path)
+                entry["sha256"][path.name] = file_sha256(path)
             manifest["splits"][name] = entry
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if out_dir.exists():
@@ -179,7 +180,7 @@ def load_split(
         path = task_dir / f"{split}.{key}.npy"
         if not path.exists():
             raise DataError(f"{path} is missing; rebuild with: {prepare_command(task, data)}")
-        if verify and _sha256(path) != entry["sha256"].get(path.name):
+        if verify and file_sha256(path) != entry["sha256"].get(path.name):
             raise DataError(f"{path} does not match the checksum in its manifest (corrupt or "
                             f"edited); rebuild with: {prepare_command(task, data)}")
         try:

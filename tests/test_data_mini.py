@@ -1,0 +1,93 @@
+"""The mini suite's text, retrieval and image stand-ins: marked as stand-ins, balanced, and
+real (windows come from the right package or module and never cross between splits). ListOps and
+Pathfinder minis are the generators', tested with them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_prep import mini
+from data_prep.cache import load_split, read_manifest
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini")
+    mini.build(root, ["text", "retrieval", "image"], progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def modules():
+    return mini.stdlib_modules()
+
+
+def load(root, task):
+    manifest = read_manifest(root / task, task=task, data="mini")
+    return manifest, {s: load_split(root / task, s, manifest) for s in ("train", "val", "test")}
+
+
+def window_bytes(tokens, length) -> bytes:
+    return bytes((np.asarray(tokens[:length]).astype(np.int64) - 1).astype(np.uint8))
+
+
+def test_builders_cover_the_five_tasks():
+    assert list(mini.BUILDERS) == ["listops", "text", "retrieval", "image", "pathfinder"]
+
+
+@pytest.mark.parametrize("task", ["text", "retrieval", "image"])
+def test_manifests_say_stand_in(root, task):
+    manifest, _ = load(root, task)
+    assert manifest["mini"] is True
+    assert "mini stand-in, not the LRA benchmark" in manifest["description"]
+
+
+def test_text_is_balanced_and_from_the_labelled_package(root, modules):
+    manifest, splits = load(root, "text")
+    assert manifest["params"]["classes"] == list(mini.PACKAGES)
+    for name, size in mini.SIZES.items():
+        counts = manifest["splits"][name]["label_counts"]
+        assert counts == [size // len(mini.PACKAGES)] * len(mini.PACKAGES)
+    test, train = splits["test"], splits["train"]
+    assert np.all(test.lengths == mini.WINDOW)
+    for tokens, length, label in list(zip(test.tokens, test.lengths, test.labels,
+                                          strict=True))[::8]:
+        window = window_bytes(tokens, length)
+        package = mini.PACKAGES[label]
+        assert any(window in mini.region(src, "test") for _, src in modules[package])
+        # No test text comes from a train region.
+        assert not any(window in mini.region(src, "train") for files in modules.values()
+                       for _, src in files)
+    assert len({window_bytes(t, n) for t, n in zip(train.tokens, train.lengths,
+                                                   strict=True)}) > 0.9 * len(train)
+
+
+def test_retrieval_pairs_are_same_module_or_not(root, modules):
+    manifest, splits = load(root, "retrieval")
+    assert manifest["pair"] is True
+    for name, size in mini.SIZES.items():
+        assert manifest["splits"][name]["label_counts"] == [size // 2, size // 2]
+    sources = [(path, src) for files in modules.values() for path, src in files]
+    val = splits["val"]
+    assert val.tokens.shape == (len(val), 2, mini.WINDOW)
+    for tokens, lengths, label in list(zip(val.tokens, val.lengths, val.labels,
+                                           strict=True))[::4]:
+        u, v = (window_bytes(tokens[j], lengths[j]) for j in range(2))
+        home_u = {path for path, src in sources if u in mini.region(src, "val")}
+        home_v = {path for path, src in sources if v in mini.region(src, "val")}
+        assert home_u and home_v
+        assert bool(home_u & home_v) == bool(label)
+        if label:  # two different, non-overlapping windows of one module
+            assert u != v and u[: mini.WINDOW // 2] not in v
+
+
+def test_image_digits(root):
+    manifest, splits = load(root, "image")
+    assert (manifest["num_classes"], manifest["vocab_size"], manifest["max_len"]) == (10, 256,
+                                                                                    1024)
+    assert sum(s["size"] for s in manifest["splits"].values()) == 1797
+    assert all(min(s["label_counts"]) > 0 for s in manifest["splits"].values())
+    train = splits["train"]
+    assert (train.tokens == 0).any() and train.tokens.max() > 200
+    assert np.all(train.lengths == 1024)
