@@ -9,7 +9,9 @@ result row carries it: these are not the LRA benchmark.
 - image: scikit-learn's bundled handwritten digits (8x8, 16 gray levels), upscaled to 32x32
   grayscale (1024 pixel tokens), 10 classes.
 - text and retrieval: the source code of the Python standard library, which every Python
-  installation ships. Text: which of 8 stdlib packages a 1,024-byte window comes from. Retrieval:
+  installation ships. Text (binary, like IMDb): whether a 1,024-byte window comes from a package
+  about running code (asyncio, importlib, multiprocessing, unittest) or one about data formats
+  and protocols (email, http, urllib, xml), every package equally represented. Retrieval:
   whether two 1,024-byte windows come from the same module (file); half the negatives come from
   another module of the same package, so the package alone does not give the answer. Every file is
   cut into regions, the first 70% of its bytes for train, the next 15% for val, the last 15% for
@@ -33,8 +35,9 @@ from .text import TOKENS, VOCAB_SIZE, encode_bytes
 STANDIN = "mini stand-in, not the LRA benchmark"
 SIZES = {"train": 2000, "val": 256, "test": 256}
 WINDOW = 1024
-PACKAGES = ("asyncio", "email", "http", "importlib", "logging", "multiprocessing", "unittest",
-            "xml")
+TEXT_CLASSES = {"running code": ("asyncio", "importlib", "multiprocessing", "unittest"),
+                "data formats and protocols": ("email", "http", "urllib", "xml")}
+PACKAGES = tuple(p for group in TEXT_CLASSES.values() for p in group)
 REGIONS = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
 SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__"}  # packaged separately by some distros
 MIN_MODULE_BYTES = 16 * 1024  # retrieval modules need room for two windows in every region
@@ -129,18 +132,21 @@ def build_text(out_dir: Path, progress: bool = True) -> Path:
     splits = {}
     for split, size in SIZES.items():
         texts, labels = [], []
-        for label, package in enumerate(PACKAGES):
-            per_class = size // len(PACKAGES)
-            texts += sample_windows(rng, [region(src, split) for _, src in modules[package]],
-                                    per_class)
-            labels += [label] * per_class
+        for label, group in enumerate(TEXT_CLASSES.values()):
+            per_package = size // len(TEXT_CLASSES) // len(group)
+            for package in group:
+                texts += sample_windows(rng, [region(src, split) for _, src in modules[package]],
+                                        per_package)
+                labels += [label] * per_package
         splits[split] = _byte_split(texts, labels, pair=False)
     return write_task(
-        out_dir, splits, task="text", source="python_stdlib", num_classes=len(PACKAGES),
+        out_dir, splits, task="text", source="python_stdlib", num_classes=len(TEXT_CLASSES),
         vocab_size=VOCAB_SIZE, max_len=WINDOW, mini=True,
-        params={**_python_params(), "classes": list(PACKAGES)},
-        description="which Python standard-library package a 1,024-byte window of source comes "
-                    f"from, byte-level ({STANDIN} for IMDb)",
+        params={**_python_params(), "classes": {name: list(group) for name, group in
+                                                TEXT_CLASSES.items()}},
+        description="whether a 1,024-byte window of Python standard-library source comes from a "
+                    f"package about running code or about data formats, byte-level ({STANDIN} "
+                    "for IMDb)",
     )
 
 

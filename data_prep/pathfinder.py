@@ -27,7 +27,8 @@ resolution, so Path-X (the hard level at 128x128) looks like Pathfinder-32 drawn
 Coordinates: a point is (y, x) with pixel (i, j) covering [i, i+1) x [j, j+1).
 
 The release stores each level as `imgs/<batch>/sample_<n>.png` plus `metadata/<batch>.npy`, which
-is plain text despite its name: one line per image, `imgs/<batch> sample_<n>.png <n> <label> ...`.
+is plain text despite its name: one line per image, `imgs/<batch> sample_<n>.png <n> <label> ...`
+(a true .npy string array, as the generator's np.save would write, is read too).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class Settings:
     seed_distance: float = 7.0
     continuity: float = 1.0
     antialias: int = 2
-    padding: float = 1.0  # paddles keep this far from the border
+    padding: float = 1.0  # paddles keep this far from the border (our choice: not in the notes)
     seed_proposals: int = 32  # uniform proposals per seed; the first free one is taken
     distractor_tries: int = 5  # the original's 4 retrials of a distractor contour, plus one
 
@@ -201,9 +202,9 @@ def _tables(s: Settings) -> _Tables:
 # Each function below works on many rows of the occupancy at once: `occupied` is the flat
 # (rows * size**2,) view and `base` (n,) the offset of each row taking part.
 
-def _stamp(t: _Tables, occupied: np.ndarray, base, start, direction, add: int = 1) -> None:
-    """Add (or with add=-1 remove) the stamps of paddles (n,) to their rows."""
-    occupied[(base + start)[:, None] + t.stamp[direction]] += np.uint8(add)
+def _stamp(t: _Tables, occupied: np.ndarray, base, start, direction) -> None:
+    """Add the stamps of paddles (n,) to their rows."""
+    occupied[(base + start)[:, None] + t.stamp[direction]] += np.uint8(1)
 
 
 def _seed(t: _Tables, occupied: np.ndarray, base, starts, directions):
@@ -402,11 +403,16 @@ def read_metadata(folder: Path) -> list[tuple[Path, int]]:
                         "pathfinder<res>/<difficulty> folder of the LRA release?")
     entries = []
     for meta in files:
+        raw = meta.read_bytes()
         try:
-            text = meta.read_text()
-        except UnicodeDecodeError:
-            raise DataError(f"{meta} is not the release's plain-text metadata") from None
-        for line_no, line in enumerate(text.splitlines(), start=1):
+            if raw.startswith(b"\x93NUMPY"):  # a true .npy (string array), as np.save writes
+                lines = [" ".join(map(str, row)) for row in np.load(meta, allow_pickle=False)]
+            else:
+                lines = raw.decode("utf-8").splitlines()
+        except (UnicodeDecodeError, ValueError) as err:
+            raise DataError(f"{meta} is neither plain-text metadata nor a string .npy "
+                            f"({err})") from None
+        for line_no, line in enumerate(lines, start=1):
             fields = line.split()
             if not fields:
                 continue

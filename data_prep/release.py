@@ -170,6 +170,9 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, retries: 
     times here, or by running again later). With `sha256`, a mismatch deletes the part."""
     dest = Path(dest)
     if dest.exists():
+        if sha256 is not None and file_sha256(dest) != sha256.lower():
+            raise DataError(f"{dest} exists but its sha256 is not {sha256}; delete it to "
+                            "download it again")
         log.info("%s exists; not downloading again", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)

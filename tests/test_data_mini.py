@@ -43,20 +43,25 @@ def test_manifests_say_stand_in(root, task):
     assert "mini stand-in, not the LRA benchmark" in manifest["description"]
 
 
-def test_text_is_balanced_and_from_the_labelled_package(root, modules):
+def test_text_is_balanced_and_from_the_labelled_packages(root, modules):
     manifest, splits = load(root, "text")
-    assert manifest["params"]["classes"] == list(mini.PACKAGES)
+    groups = list(mini.TEXT_CLASSES.values())
+    assert manifest["num_classes"] == 2, "binary, like IMDb (the task config says 2 classes)"
     for name, size in mini.SIZES.items():
-        counts = manifest["splits"][name]["label_counts"]
-        assert counts == [size // len(mini.PACKAGES)] * len(mini.PACKAGES)
+        assert manifest["splits"][name]["label_counts"] == [size // 2, size // 2]
     test, train = splits["test"], splits["train"]
     assert np.all(test.lengths == mini.WINDOW)
-    for tokens, length, label in list(zip(test.tokens, test.lengths, test.labels,
-                                          strict=True))[::8]:
+    packages = []
+    for tokens, length, label in zip(test.tokens, test.lengths, test.labels, strict=True):
         window = window_bytes(tokens, length)
-        package = mini.PACKAGES[label]
-        assert any(window in mini.region(src, "test") for _, src in modules[package])
-        # No test text comes from a train region.
+        home = [p for p in groups[label] if any(window in mini.region(src, "test")
+                                                 for _, src in modules[p])]
+        assert home, "the window comes from a package of its class"
+        packages.append(home[0])
+    # Every package is equally represented, and no test text comes from a train region.
+    assert len(set(np.unique(packages, return_counts=True)[1])) == 1
+    for tokens, length in list(zip(test.tokens, test.lengths, strict=True))[::16]:
+        window = window_bytes(tokens, length)
         assert not any(window in mini.region(src, "train") for files in modules.values()
                        for _, src in files)
     assert len({window_bytes(t, n) for t, n in zip(train.tokens, train.lengths,

@@ -163,6 +163,18 @@ def test_metadata_is_the_releases_plain_text(tmp_path):
     assert sorted(p.name for p in (level / "metadata").iterdir()) == ["0.npy", "1.npy", "2.npy"]
 
 
+def test_metadata_as_a_true_npy_is_read_too(tmp_path):
+    level = tmp_path / "level"
+    images, labels = release_level(level, n=10)
+    meta = level / "metadata" / "0.npy"
+    rows = [line.split() for line in meta.read_text().splitlines()]
+    np.save(meta, np.array(rows))
+    assert meta.read_bytes().startswith(b"\x93NUMPY")
+    entries = pf.read_metadata(level)
+    assert [label for _, label in entries] == labels.tolist()
+    assert entries[4][0] == level / "imgs" / "0" / "sample_4.png"
+
+
 def test_reader_skips_the_empty_png_and_reads_the_rest_exactly(tmp_path, caplog):
     level = tmp_path / "pathfinder32" / "curv_contour_length_14"
     images, labels = release_level(level)

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from test_data_pathfinder import release_level  # the Pathfinder release-layout fixture
 
 from data_prep import listops, release
 from data_prep.__main__ import main
@@ -200,6 +201,9 @@ def test_bad_checksum_is_rejected(tmp_path, payload):
         with pytest.raises(DataError, match="sha256 .* does not match the expected"):
             release.download(server.url, dest, sha256="0" * 64, progress=False)
     assert not dest.exists() and not dest.with_name("lra_release.gz.part").exists()
+    dest.write_bytes(b"an older, different file")
+    with pytest.raises(DataError, match="exists but its sha256 is not 0000"):
+        release.download("http://127.0.0.1:9/unused", dest, sha256="0" * 64, progress=False)
 
 
 def test_http_error_and_unreachable_host(tmp_path, payload):
@@ -209,3 +213,19 @@ def test_http_error_and_unreachable_host(tmp_path, payload):
         closed = server.url  # the port is free again once the server is closed
     with pytest.raises(DataError, match="cannot download .* check the network"):
         release.download(closed, tmp_path / "y", retries=0, timeout=5, progress=False)
+
+
+def test_pathfinder_level_from_the_archive_through_the_cli(tmp_path, capsys):
+    level = tmp_path / "tree"
+    release_level(level, n=21)  # 20 decodable images and the release's empty PNG
+    files = {f"lra_release/lra_release/pathfinder32/curv_contour_length_14/"
+             f"{p.relative_to(level).as_posix()}": p.read_bytes()
+             for p in sorted(level.rglob("*")) if p.is_file()}
+    archive = tmp_path / "lra_release.gz"
+    make_archive(archive, extra=files)
+    assert main(["pathfinder", "--source", "lra_release", "--release", str(archive),
+                 "--extract-dir", str(tmp_path / "x"), "--out", str(tmp_path / "pf")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    manifest = read_manifest(tmp_path / "pf", task="pathfinder")
+    assert [s["size"] for s in manifest["splits"].values()] == [16, 2, 2]
+    assert (tmp_path / "x" / "pathfinder32" / "curv_contour_length_14" / "metadata").is_dir()
