@@ -15,6 +15,7 @@ Writes results/bench/{bench.csv, bench.md, time_memory_vs_length.png}.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -101,6 +102,38 @@ def run_worker(name: str, seq: int, repeats: int, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def published_section(rows: list[dict]) -> str:
+    """Our ratios beside the MRA authors' published ones (results/published/), same attentions."""
+    path = ROOT / "results" / "published" / "published_mra_efficiency.csv"
+    if not path.exists():
+        return ""
+    published = list(csv.DictReader(open(path)))
+    ref = {r["seq_len"]: r for r in published if r["attention"] == "softmax"}
+    lines = []
+    for r in published:
+        if r["attention"] == "softmax" or r["seq_len"] not in ref:
+            continue
+        seq = int(r["seq_len"])
+        ours = next((x for x in rows if x["attention"] == r["attention"] and x["seq_len"] == seq
+                     and "time_vs_softmax" in x), None)
+        base = ref[r["seq_len"]]
+        lines.append({
+            "attention": r["attention"], "seq_len": seq, "published_setting": r["setting"],
+            "published_time_vs_softmax": float(r["fwd_bwd_ms_per_instance"])
+            / float(base["fwd_bwd_ms_per_instance"]),
+            "published_memory_vs_softmax": float(r["memory_mb_per_instance"])
+            / float(base["memory_mb_per_instance"]),
+            "our_time_vs_softmax": ours["time_vs_softmax"] if ours else "",
+            "our_memory_vs_softmax": ours["memory_vs_softmax"] if ours else "",
+        })
+    columns = ["attention", "seq_len", "published_setting", "published_time_vs_softmax",
+               "published_memory_vs_softmax", "our_time_vs_softmax", "our_memory_vs_softmax"]
+    return ("\n## Beside the published figures\n\nPublished: the MRA authors' profiler outputs "
+            "(one layer, 12 heads x 64, fp32, GPU; results/published/). Ours: this run, with our "
+            "default settings (which may differ from the published setting column). Compare "
+            "ratios and trends only.\n\n" + to_markdown(lines, columns))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -181,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats}; memory = peak growth (RSS on CPU, allocated on CUDA); rel_error = "
         "||out - exact|| / ||exact|| on locality-structured inputs (for methods that do not "
         "approximate softmax it measures how far their own kernel is from it).\n\n"
-        + to_markdown(rows, columns)))
+        + to_markdown(rows, columns) + published_section(rows)))
     plot([r for r in rows if "fwd_bwd_ms" in r], args.out / "time_memory_vs_length.png")
     print(f"written: {args.out / 'bench.md'}")
     return 0
