@@ -37,6 +37,7 @@ demo: setup
 
 lra-all: setup
 	$(PY) -m lra.train -m +experiment=lra_all
+	$(PY) -m lra.results results/runs/lra/lra_all results/lra_all --title "LRA, small protocol"
 
 bench: setup
 	$(PY) -m lra.bench

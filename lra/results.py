@@ -88,8 +88,35 @@ def to_markdown(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_accuracy_vs_memory(rows: list[dict[str, Any]], path: Path) -> None:
+    """One panel per task: test accuracy against peak memory, one point per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for row in (r for r in rows if r["task"] == task):
+            ax.scatter(row["peak_memory_mb"], row["test_accuracy"], s=25)
+            ax.annotate(row["attention"], (row["peak_memory_mb"], row["test_accuracy"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        majority = max(r["majority_accuracy"] for r in rows if r["task"] == task)
+        ax.axhline(majority, ls=":", c="grey", lw=1, label="majority class")
+        ax.set_title(task + (" (mini)" if any(r.get("mini") for r in rows) else ""))
+        ax.set_xlabel("peak memory (MB)")
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict[str, Any]]:
-    """Collect the summaries below `root` into out_dir/results.csv and results.md."""
+    """Collect the summaries below `root` into out_dir/results.{csv,md} and an accuracy vs
+    memory plot."""
     rows = find_summaries(root)
     rows.sort(key=lambda r: (r["task"], r["attention"], r["seed"]))
     columns = list(SUMMARY_KEYS)
@@ -101,4 +128,29 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict
                 "tasks, not the benchmark.\n")
     atomic_write_text(out_dir / "results.md", f"# {title}\n\n" + to_markdown(rows, columns)
                       + note)
+    if rows:
+        plot_accuracy_vs_memory(rows, out_dir / "accuracy_vs_memory.png")
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m lra.results",
+        description="Aggregate the summary.json files of a sweep into results.{csv,md} and an "
+                    "accuracy vs memory plot.")
+    parser.add_argument("runs", type=Path, help="folder to search, e.g. results/runs/lra/lra_all")
+    parser.add_argument("out", type=Path, help="output folder, e.g. results/lra_all")
+    parser.add_argument("--title", default="lra-zoo results")
+    args = parser.parse_args(argv)
+    if not args.runs.is_dir():
+        parser.error(f"{args.runs} is not a folder of runs")
+    rows = aggregate(args.runs, args.out, title=args.title)
+    print((args.out / "results.md").read_text())
+    print(f"{len(rows)} runs; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
