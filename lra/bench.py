@@ -2,12 +2,12 @@
 
     python -m lra.bench [--lengths 1024 4096] [--attentions softmax mra2 ...] [--error-length 1024]
 
-Each (attention, length) is measured in a fresh subprocess, so the process's peak memory belongs to
-that measurement alone: on CPU it is the peak resident-set growth over the inputs already in
-memory; on CUDA, torch.cuda.max_memory_allocated. Time is the median of `--repeats` forward+backward
-passes after a warm-up. The error is ||out - exact|| / ||exact|| against softmax_naive on
-locality-structured inputs (attention_zoo.structured). Timings on a shared machine are noisy:
-compare ratios from one run, not absolute figures across runs.
+Each (attention, length) is measured in a fresh subprocess after a warm-up pass: peak memory is
+the growth over the inputs already in memory during one forward+backward (lra.memory: the
+resident set on CPU, torch.cuda.max_memory_allocated on CUDA). Time is the median of
+`--repeats` further forward+backward passes. The error is ||out - exact|| / ||exact|| against
+softmax_naive on locality-structured inputs (attention_zoo.structured). Timings on a shared
+machine are noisy: compare ratios from one run, not absolute figures across runs.
 
 Writes results/bench/{bench.csv, bench.md, time_memory_vs_length.png}.
 """
@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,15 +29,11 @@ import torch
 from attention_zoo import attention_class, build_attention, list_attentions
 from attention_zoo.structured import relative_error, structured_qkv
 
+from .memory import PeakMemory
 from .results import atomic_write_text, to_csv, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, HEAD_DIM, BATCH = 2, 32, 1
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure(name: str, seq: int, repeats: int, device: str) -> dict:
@@ -57,25 +52,18 @@ def measure(name: str, seq: int, repeats: int, device: str) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    # The first pass is the memory measurement: it makes every allocation the method needs
-    # (later passes may reuse the allocator's cached blocks and show no growth).
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mb()
+    step()  # warm-up: libraries, thread pools and caches that any first call sets up
+    memory = PeakMemory(torch.device(device))
+    memory.start()
     step()
+    peak = memory.peak_mb()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         step()
         times.append(1000 * (time.perf_counter() - start))
-    if device == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"attention": name, "seq_len": seq, "fwd_bwd_ms": statistics.median(times),
-            "peak_memory_mb": max(peak, 0.0), "device": device}
+            "peak_memory_mb": peak, "device": device}
 
 
 @torch.no_grad()
@@ -95,7 +83,9 @@ def run_worker(name: str, seq: int, repeats: int, device: str) -> dict:
     """Run `measure` in a fresh interpreter and return its JSON line."""
     cmd = [sys.executable, "-m", "lra.bench", "--worker", name, str(seq), "--repeats",
            str(repeats), "--device", device]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # Freed tensors go back to the system at once, so the resident set tracks live memory.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         return {"attention": name, "seq_len": seq, "error": tail[0]}

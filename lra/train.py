@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -35,6 +34,7 @@ from data_prep.cache import DataError
 from . import distributed
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data
+from .memory import PeakMemory
 from .model import Classifier
 from .results import append_jsonl, atomic_write_text, check_summary, write_json
 
@@ -54,17 +54,6 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
-
-
-def rss_mb() -> float:
-    """Current resident set size of this process (Linux /proc), in MB."""
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -217,9 +206,8 @@ def train(cfg: Config) -> dict[str, Any]:
     evaluate = Evaluator(data, cfg, d, device, autocast)
     logger = Logger(cfg, run_name, run_dir, enabled=d.main)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_before = rss_mb()
+    memory = PeakMemory(device)
+    memory.start()
     train_time, real_tokens, timed_steps = 0.0, 0, 0
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
@@ -267,10 +255,7 @@ def train(cfg: Config) -> dict[str, Any]:
             d.barrier()
     bar.close()
 
-    if device.type == "cuda":
-        peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        peak_memory_mb = max(0.0, peak_rss_mb() - rss_before)
+    peak_memory_mb = memory.peak_mb()
     model.load_state_dict(torch.load(best_path, map_location=device)["model"])
     test_acc = evaluate(model, "test")
     [real_tokens] = d.sum([real_tokens], device)
@@ -285,8 +270,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb,
         "step_time_ms": 1000 * train_time / max(timed_steps, 1),
         "tokens_per_s": real_tokens / train_time if train_time > 0 else math.nan,
-        "peak_memory_kind": ("cuda_max_allocated" if device.type == "cuda"
-                             else "cpu_peak_rss_growth") + " (per process)",
+        "peak_memory_kind": memory.kind + " (per process)",
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
         "tag": cfg.tag, "run_dir": str(run_dir),
     }
