@@ -10,7 +10,11 @@ system: glibc does for allocations above MALLOC_MMAP_THRESHOLD_, which the bench
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def _status_mb(key: str) -> float:
@@ -35,8 +39,14 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device) / 2**20
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current resident set
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current resident set
+            except OSError as err:
+                # Then VmHWM is the process's lifetime peak, which may predate start().
+                log.warning("cannot reset the peak resident set (%s); CPU peak memory is the "
+                            "process's lifetime peak minus the resident set at start", err)
+                self.kind = "cpu_lifetime_peak_rss_growth"
             self.base = _status_mb("VmRSS")
 
     def peak_mb(self) -> float:
