@@ -15,7 +15,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .masking import masked_rows
+from .masking import masked_rows, masked_softmax
 from .registry import Attention, register_attention, require_ints
 
 
@@ -41,8 +41,9 @@ class LinformerAttention(Attention):
     structure that becomes exact when proj_len = seq = max_seq_len; a Gaussian E instead gives
     outputs unrelated to softmax (relative error far above 1) until trained. For an input shorter
     than max_seq_len, the sliced rows of E whose segment lies beyond the input are zero at
-    initialisation: those projected positions hold k' = v' = 0 and keep logit 0 (Linformer has no
-    way to mask them; training moves E). Deterministic: no random draws at forward time.
+    initialisation: projected positions that no real token reaches are masked, so neither the
+    input's padding nor its padded length changes the output. Deterministic: no random draws at
+    forward time.
     """
 
     def __init__(self, **kwargs):
@@ -61,4 +62,9 @@ class LinformerAttention(Attention):
         k_proj = e @ masked_rows(k, mask)  # (batch, heads, proj_len, d)
         v_proj = e @ masked_rows(v, mask)
         logits = q @ k_proj.transpose(-1, -2) * q.shape[-1] ** -0.5
-        return torch.softmax(logits, dim=-1) @ v_proj
+        # A projected position that no real token of the example feeds (its row of E is zero on
+        # them, e.g. a pooling segment wholly in padding) is no key: with k' = 0 it would still
+        # take weight exp(0) and make the output depend on how far the batch was padded.
+        # reached: (batch, heads, 1, proj_len)
+        reached = torch.einsum("hps,bs->bhp", e.abs(), mask.to(e.dtype))[:, :, None, :] > 0
+        return masked_softmax(logits, reached) @ v_proj

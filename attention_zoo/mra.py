@@ -12,7 +12,8 @@ normalised over everything it sees: out = (hi + lo) / (rowsum_hi + rowsum_lo), n
 n x n matrix. Block machinery lives in `blocks.py`.
 
 Compared with the published code this takes any length (padding to a multiple of b internally),
-sizes the budget from the actual input, uses the exact per-query max, takes any head_dim, selects
+sizes the budget from each example's real length (so neither max_seq_len nor the batch's padding
+changes an example's output), uses the exact per-query max, takes any head_dim, selects
 exactly the budget with ties broken by lowest flat index `row * nb + col`, and runs on CPU.
 """
 
@@ -43,7 +44,7 @@ class MraOptions:
 
     block_size: tokens per block (b).
     block_per_row: exact-block budget per block row; `block_per_row * nb` pairs (at most nb^2)
-        are chosen per (batch, head), nb counted from the padded input length.
+        are chosen per (batch, head), nb counted per example: the blocks holding a real token.
     initial_prior_first_n_blocks: the first n block rows and columns are chosen before any
         other pair (global tokens).
     initial_prior_diagonal_n_blocks: a band of n blocks around the diagonal, |row - col| <= n // 2
@@ -179,15 +180,22 @@ def mra_attention(
     has_token = counts > 0
     valid = (has_token[:, :, None] & has_token[:, None, :])[:, None]  # (batch, 1, nb, nb)
 
-    # The budget follows this input's padded length, never max_seq_len.
+    # The budget follows each example's real length, never max_seq_len nor how far the batch
+    # was padded: block_per_row per block holding a real token (at most all pairs of them).
+    # Selection runs for the batch's largest budget K; an example keeps the first `budget` of
+    # its ranked pairs (real pairs rank first), so its output ignores the rest of the batch.
+    real_blocks = has_token.sum(dim=-1)  # (batch,)
+    budget = torch.minimum(block_per_row * real_blocks, real_blocks * real_blocks)
     num_selected = min(block_per_row * nb, nb * nb)
     rows, cols = select_blocks(low_logits, valid, num_selected, first_n, diagonal_n)
+    kept = torch.arange(num_selected, device=q.device) < budget[:, None, None]  # (batch, 1, K)
 
     # High resolution: exact logits on the chosen pairs. logits: (batch, heads, K, b, b).
     q_blocks, k_blocks = to_blocks(q, b), to_blocks(k, b)
     logits = sampled_block_matmul(q_blocks, k_blocks, rows, cols) * scale
     key_real = gather_blocks(to_blocks(mask, b, dim=-1)[:, None], cols)[..., None, :]
-    logits = logits.masked_fill(~key_real, floor)  # key_real: (batch, heads, K, 1, b)
+    key_real = key_real & kept[..., None, None]  # (batch, heads, K, 1, b)
+    logits = logits.masked_fill(~key_real, floor)
     # The exact max of each query row over all its chosen blocks; any shift cancels in the
     # normalisation, so it carries no gradient. hi_max: (batch, heads, nb, b).
     with torch.no_grad():
@@ -202,7 +210,8 @@ def mra_attention(
     if approx_mode == "full":
         # Low resolution for the pairs not chosen: chosen pairs are replaced, not added to.
         chosen = torch.zeros(batch, heads, nb * nb, dtype=torch.bool, device=q.device)
-        chosen = chosen.scatter(-1, rows * nb + cols, True).view(batch, heads, nb, nb)
+        chosen = chosen.scatter(-1, rows * nb + cols, kept.expand_as(rows))
+        chosen = chosen.view(batch, heads, nb, nb)
         keep = valid & ~chosen
         low_logits = low_logits.masked_fill(~keep, floor)
         lo_max = low_logits.amax(dim=-1, keepdim=True).detach()  # (batch, heads, nb, 1)

@@ -91,6 +91,18 @@ def test_padding_invariance(name, train):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_padded_length_invariance(name):
+    """More trailing padding (a batch padded to a longer example) changes no real output."""
+    attn = make(name).eval()
+    q, k, v, mask = inputs(2, 300, lengths=[300, 200])
+    longer = [torch.nn.functional.pad(x, (0, 0, 0, 400)) for x in (q, k, v)]
+    out = attn(*qk_for(attn, q, k), v, mask)
+    out_long = attn(*qk_for(attn, longer[0], longer[1]), longer[2],
+                    torch.nn.functional.pad(mask, (0, 400)))
+    torch.testing.assert_close(out_long[:, :, :300], out, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_batch_independence(name):
     """An example's output does not depend on the other examples in its batch."""
     attn = make(name).eval()
