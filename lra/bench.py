@@ -29,8 +29,9 @@ import torch
 from attention_zoo import attention_class, build_attention, list_attentions
 from attention_zoo.structured import relative_error, structured_qkv
 
+from .atomic import atomic_write_text
 from .memory import PeakMemory
-from .results import atomic_write_text, to_csv, to_markdown
+from .results import to_csv, to_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS, HEAD_DIM, BATCH = 2, 32, 1

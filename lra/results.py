@@ -10,10 +10,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from .atomic import atomic_write_text
 
 # Every summary.json has at least these keys, in this order in tables.
 SUMMARY_KEYS = (
@@ -21,20 +22,6 @@ SUMMARY_KEYS = (
     "best_dev_accuracy", "test_accuracy", "majority_accuracy", "peak_memory_mb",
     "step_time_ms", "tokens_per_s",
 )
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def write_json(path: str | Path, obj: Any) -> None:
