@@ -10,7 +10,8 @@
     python -m data_prep pathx      --source lra_release|generate   # Pathfinder-128 hard, 16,384
     python -m data_prep download   [lra_release|imdb|cifar10]      # resumable, optional sha256
 
-Every failure is one line naming the file (and row) at fault and the command that fixes it.
+Every failure is one line naming the file (and row) at fault and the command that fixes it: a
+DataError, or an OSError of the file system (a folder that cannot be written, a full disk).
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ HELP = {
 }
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= low, else a one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= {low}")
+        return value
+    return parse
+
+
 def _release_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--release", type=Path, default=None,
                    help="lra_release.gz or an extracted folder (default: "
@@ -60,12 +74,14 @@ def _raw_options(p: argparse.ArgumentParser, archive: Path, folder: Path) -> Non
 
 
 def _generator_options(p: argparse.ArgumentParser, num_images: bool) -> None:
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default %(default)s)")
+    p.add_argument("--seed", type=_at_least(0), default=0,
+                   help="generator seed (default %(default)s)")
     if num_images:
-        p.add_argument("--num-images", type=int, default=pathfinder.RELEASE_IMAGES,
+        # 80/10/10 of fewer than 10 images would leave val or test empty.
+        p.add_argument("--num-images", type=_at_least(10), default=pathfinder.RELEASE_IMAGES,
                        help="images to generate, split 80/10/10 (default %(default)s, as the "
                             "release)")
-        p.add_argument("--workers", type=int, default=pathfinder.default_workers(),
+        p.add_argument("--workers", type=_at_least(1), default=pathfinder.default_workers(),
                        help="generator processes (default %(default)s)")
 
 
@@ -84,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
         if "lra_release" in sources:
             _release_options(p)
         if task in ("text", "retrieval"):
-            p.add_argument("--max-len", type=int, default=text.DEFAULT_MAX_LEN,
+            p.add_argument("--max-len", type=_at_least(1), default=text.DEFAULT_MAX_LEN,
                            help="bytes kept per document (default %(default)s, the MRA/Skyformer "
                                 "protocol; LRA's config used 1000)")
         if task == "text":
@@ -184,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         folder = run(args)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (DataError, OSError) as err:
+        # One line, even where a wrapped library message spans several.
+        kind = "" if isinstance(err, DataError) else f"{type(err).__name__}: "
+        print(f"error: {kind}{' '.join(str(err).splitlines())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; nothing half-written was kept", file=sys.stderr)
+        print("interrupted; " + ("run the same command again to resume the download"
+                                 if args.task == "download" else "nothing half-written was kept"),
+              file=sys.stderr)
         return 130
     if args.task == "mini":
         for task in args.tasks or mini.BUILDERS:

@@ -10,27 +10,29 @@ and `manifest.json`:
     splits: {split: {size, label_counts, sha256: {file: digest}}}
 
 Masks are explicit: a token is real iff its position is below the example's length. Pixel value 0
-is a real token. The whole folder is written to a temporary sibling and renamed at the end, so a
-killed build never leaves a half-written cache behind.
+is a real token. The whole folder is written through `lra.atomic.atomic_dir`: a killed or failed
+build leaves the previous cache as it was, and the new one gets the umask's permissions, so other
+users of a shared cluster can read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lra.atomic import atomic_dir
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 ARRAYS = ("tokens", "lengths", "labels")
+MANIFEST_KEYS = ("format_version", "task", "source", "mini", "description", "num_classes",
+                 "vocab_size", "vocab", "max_len", "pair", "params", "splits")
 
 
 class DataError(RuntimeError):
@@ -56,8 +58,10 @@ class Split:
         return len(self.labels)
 
 
-def pack(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pad a list of token lists to (n, max_len); sequences longer than max_len are an error."""
+def pack(sequences: Sequence[Sequence[int]], max_len: int, *, where: Callable[[int], str],
+         fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a list of token lists to (n, max_len). A sequence longer than max_len is a DataError
+    naming it (`where(i)`, e.g. its file and line) and saying how to fix it (`fix`)."""
     n = len(sequences)
     vmax = max((max(s) for s in sequences if len(s)), default=0)
     dtype = np.uint8 if vmax < 256 else np.int16
@@ -65,10 +69,34 @@ def pack(sequences: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, 
     lengths = np.zeros(n, dtype=np.int32)
     for i, seq in enumerate(sequences):
         if len(seq) > max_len:
-            raise ValueError(f"sequence {i} has {len(seq)} tokens, more than max_len={max_len}")
+            raise DataError(f"{where(i)}: {len(seq)} tokens, more than max_len={max_len}; {fix}")
         tokens[i, : len(seq)] = seq
         lengths[i] = len(seq)
     return tokens, lengths
+
+
+def check_split(split: Split, *, task: str, name: str, num_classes: int, max_len: int) -> None:
+    """Reject a split that would make an unusable cache, naming the task, split and example."""
+    where = f"{task} {name}"
+    if len(split) == 0:
+        raise DataError(f"{where} has no examples; the source holds too few (every split needs "
+                        "at least one)")
+    if split.tokens.shape[-1] != max_len:
+        raise DataError(f"{where}: tokens are {split.tokens.shape[-1]} wide, not max_len="
+                        f"{max_len}")
+    if not len(split.tokens) == len(split.lengths) == len(split.labels):
+        raise DataError(f"{where}: {len(split.tokens)} token rows, {len(split.lengths)} lengths "
+                        f"and {len(split.labels)} labels; they must agree")
+    bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{where}: example {bad[0]} has label {split.labels[bad[0]]}, outside "
+                        f"[0, {num_classes}) ({bad.size} such); the source does not match the "
+                        f"task's {num_classes} classes")
+    lengths = split.lengths.reshape(len(split.lengths), -1)  # (n, 1) or (n, 2)
+    bad = np.flatnonzero(((lengths < 0) | (lengths > max_len)).any(axis=1))
+    if bad.size:
+        raise DataError(f"{where}: example {bad[0]} has length {lengths[bad[0]].tolist()}, "
+                        f"outside [0, {max_len}]")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -94,53 +122,39 @@ def write_task(
     params: Mapping[str, Any],
     vocab: Sequence[str] | None = None,
 ) -> Path:
-    """Write the splits and manifest to `out_dir` atomically (temp folder, then rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "task": task,
-            "source": source,
-            "mini": mini,
-            "description": description,
-            "num_classes": num_classes,
-            "vocab_size": vocab_size,
-            "vocab": list(vocab) if vocab is not None else None,
-            "max_len": max_len,
-            "pair": None,
-            "params": dict(params),
-            "splits": {},
-        }
+    """Check the splits, then write them and the manifest to `out_dir` atomically."""
+    splits = {name: Split(s.tokens, s.lengths.astype(np.int32),
+                          np.asarray(s.labels, dtype=np.int64)) for name, s in splits.items()}
+    for name, split in splits.items():
+        check_split(split, task=task, name=name, num_classes=num_classes, max_len=max_len)
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "source": source,
+        "mini": mini,
+        "description": description,
+        "num_classes": num_classes,
+        "vocab_size": vocab_size,
+        "vocab": list(vocab) if vocab is not None else None,
+        "max_len": max_len,
+        "pair": any(s.tokens.ndim == 3 for s in splits.values()),
+        "params": dict(params),
+        "splits": {},
+    }
+    with atomic_dir(out_dir) as tmp:
         for name, split in splits.items():
-            pair = split.tokens.ndim == 3
-            manifest["pair"] = pair
-            if split.tokens.shape[-1] != max_len:
-                raise ValueError(f"{name}: tokens are {split.tokens.shape[-1]} wide, not {max_len}")
-            labels = np.asarray(split.labels, dtype=np.int64)
-            if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"{name}: labels outside [0, {num_classes})")
             entry = {
-                "size": int(len(labels)),
-                "label_counts": np.bincount(labels, minlength=num_classes).tolist(),
+                "size": len(split),
+                "label_counts": np.bincount(split.labels, minlength=num_classes).tolist(),
                 "sha256": {},
             }
-            arrays = {"tokens": split.tokens, "lengths": split.lengths.astype(np.int32),
-                      "labels": labels}
-            for key, array in arrays.items():
+            for key in ARRAYS:
                 path = tmp / f"{name}.{key}.npy"
-                np.save(path, array)
+                np.save(path, getattr(split, key))
                 entry["sha256"][path.name] = file_sha256(path)
             manifest["splits"][name] = entry
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def read_manifest(task_dir: str | Path, *, task: str, data: str = "lra") -> dict[str, Any]:
@@ -161,6 +175,10 @@ def read_manifest(task_dir: str | Path, *, task: str, data: str = "lra") -> dict
                         f"code reads {FORMAT_VERSION}; rebuild with: {prepare_command(task, data)}")
     if manifest.get("task") != task:
         raise DataError(f"{path} holds task {manifest.get('task')!r}, expected {task!r}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)} (edited by hand?); rebuild with: "
+                        f"{prepare_command(task, data)}")
     return manifest
 
 

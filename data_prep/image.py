@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import DataError, Split, write_task
-from .text import import_tfds
+from .text import load_tfds
 
 NUM_CLASSES = 10
 VOCAB_SIZE = 256
@@ -107,11 +107,9 @@ def read_cifar_raw(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 def read_cifar_tfds(data_dir: str | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 through tensorflow-datasets (`cifar10`), as the original LRA code."""
-    tfds = import_tfds("image")
     out = {}
     for split in ("train", "test"):
-        ds = tfds.load("cifar10", split=split, as_supervised=True, data_dir=data_dir)
-        images, labels = zip(*tfds.as_numpy(ds), strict=True)
+        images, labels = zip(*load_tfds("cifar10", split, data_dir, task="image"), strict=True)
         out[split] = (np.stack(images).astype(np.uint8), np.array(labels, dtype=np.int64))
     return out
 

@@ -8,7 +8,9 @@ A tree is kept only if min_length < length < max_length (strict), duplicates are
 and the first examples go to train, the next to val and the last to test.
 
 Strings use LRA's nested form, e.g. `( ( ( [MAX 2 ) 9 ) ] )`. Tokenising drops the parentheses,
-so that string becomes `[MAX 2 9 ]`.
+so that string becomes `[MAX 2 9 ]`. A token outside the language (operators, `]`, digits) is an
+error naming it, never a silent `<unk>`: the vocabulary keeps `<unk>` so that ids stay those of
+earlier caches, but nothing produces it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import csv
 import random
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
+
+from lra.atomic import atomic_write
 
 from .cache import SPLITS, DataError, Split, pack, write_task
 
@@ -29,6 +33,9 @@ CLOSE = "]"
 PAD, UNK = "<pad>", "<unk>"
 VOCAB = (PAD, UNK, *OPERATORS, CLOSE, *(str(d) for d in range(10)))
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
+# What a source string may hold: the language's tokens and the parentheses tokenising drops.
+SOURCE_ID = {tok: TOKEN_ID[tok] for tok in VOCAB if tok not in (PAD, UNK)}
+SOURCE_TOKENS = frozenset((*SOURCE_ID, "(", ")"))
 NUM_CLASSES = 10
 LEAF_PROBABILITY = 0.75
 
@@ -87,7 +94,9 @@ def tokenize(source: str) -> list[str]:
 
 
 def encode(source: str) -> list[int]:
-    return [TOKEN_ID.get(tok, TOKEN_ID[UNK]) for tok in tokenize(source)]
+    """Token ids of a source string; a token outside the language raises KeyError naming it
+    (`read_tsv` reports such a token with its file and line before anything is encoded)."""
+    return [SOURCE_ID[tok] for tok in tokenize(source)]
 
 
 def generate(
@@ -119,42 +128,60 @@ def generate(
 
 
 def read_tsv(path: str | Path) -> list[tuple[str, int]]:
-    """Read an official `basic_{train,val,test}.tsv` (header `Source<TAB>Target`)."""
+    """Read an official `basic_{train,val,test}.tsv` (header `Source<TAB>Target`); any row that
+    is not a ListOps example fails with the file, the line and what is wrong."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; prepare ListOps with: "
                         "python -m data_prep listops --source <lra_release|generate>")
     rows = []
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader, None)
-        if header != ["Source", "Target"]:
-            raise DataError(f"{path}: expected the header 'Source<TAB>Target', got {header!r}")
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != 2:
-                raise DataError(f"{path}:{line_no}: expected 2 tab-separated columns, "
-                                f"got {len(row)}")
-            try:
-                label = int(row[1])
-            except ValueError:
-                raise DataError(f"{path}:{line_no}: target {row[1]!r} is not an integer") from None
-            if not 0 <= label < NUM_CLASSES:
-                raise DataError(f"{path}:{line_no}: target {label} is outside 0-9")
-            rows.append((row[0], label))
+        try:
+            header = next(reader, None)
+            if header != ["Source", "Target"]:
+                raise DataError(f"{path}: expected the header 'Source<TAB>Target', got "
+                                f"{header!r}")
+            for line_no, row in enumerate(reader, start=2):
+                rows.append(_row(row, f"{path}:{line_no}"))
+        except csv.Error as err:
+            raise DataError(f"{path}:{reader.line_num}: {err}; is this a listops-1000 file?"
+                            ) from None
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path} is not UTF-8 text ({err.reason}); is this a listops-1000 "
+                            "file?") from None
     return rows
 
 
+def _row(row: list[str], where: str) -> tuple[str, int]:
+    """One TSV row as (source, label), checked."""
+    if len(row) != 2:
+        raise DataError(f"{where}: expected 2 tab-separated columns, got {len(row)}")
+    source, target = row
+    if not SOURCE_TOKENS.issuperset(source.split()):
+        unknown = next(tok for tok in source.split() if tok not in SOURCE_TOKENS)
+        raise DataError(f"{where}: unknown token {unknown!r}; ListOps sources hold only "
+                        f"{' '.join(sorted(SOURCE_TOKENS))}: is this a listops-1000 file?")
+    try:
+        label = int(target)
+    except ValueError:
+        raise DataError(f"{where}: target {target!r} is not an integer") from None
+    if not 0 <= label < NUM_CLASSES:
+        raise DataError(f"{where}: target {label} is outside 0-9")
+    return source, label
+
+
 def write_tsv(path: str | Path, examples: Iterable[tuple[str, int]]) -> None:
-    """Write examples in the official format (used for fixtures and exports)."""
-    with open(path, "w", newline="") as f:
-        f.write("Source\tTarget\n")
-        for source, label in examples:
-            f.write(f"{source}\t{label}\n")
+    """Write examples in the official format, atomically (used for fixtures and exports)."""
+    text = "Source\tTarget\n" + "".join(f"{source}\t{label}\n" for source, label in examples)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def to_split(examples: list[tuple[str, int]], max_len: int) -> Split:
-    """Encode examples into a cached split (tokens, lengths, labels)."""
-    tokens, lengths = pack([encode(src) for src, _ in examples], max_len)
+def to_split(examples: list[tuple[str, int]], max_len: int, *, where: Callable[[int], str],
+             fix: str) -> Split:
+    """Encode examples into a cached split (tokens, lengths, labels); a source longer than
+    max_len tokens fails naming `where(i)` and `fix` (see `cache.pack`)."""
+    tokens, lengths = pack([encode(src) for src, _ in examples], max_len, where=where, fix=fix)
     labels = np.array([label for _, label in examples], dtype=np.int64)
     return Split(tokens, lengths, labels)
 
@@ -170,10 +197,12 @@ def build_generated(out_dir: str | Path, *, sizes: dict[str, int], seed: int, ma
     # Lengths are strictly below max_length, so max_length - 1 tokens always fit.
     max_len = max_length - 1
     kind = "mini stand-in, not the LRA benchmark" if mini else "LRA generator settings"
+    splits = {name: to_split(ex, max_len, where=lambda i, name=name: f"generated {name} tree {i}",
+                             fix="generated trees are shorter than max_length, so this is a bug")
+              for name, ex in examples.items()}
     return write_task(
-        out_dir, {name: to_split(ex, max_len) for name, ex in examples.items()},
-        task="listops", source="generate", num_classes=NUM_CLASSES, vocab_size=len(VOCAB),
-        vocab=VOCAB, max_len=max_len, mini=mini, params=params,
+        out_dir, splits, task="listops", source="generate", num_classes=NUM_CLASSES,
+        vocab_size=len(VOCAB), vocab=VOCAB, max_len=max_len, mini=mini, params=params,
         description=f"ListOps from our LRA-faithful generator ({kind})",
     )
 
@@ -181,11 +210,16 @@ def build_generated(out_dir: str | Path, *, sizes: dict[str, int], seed: int, ma
 def build_from_release(out_dir: str | Path, listops_dir: str | Path) -> Path:
     """Read the official `listops-1000/basic_{train,val,test}.tsv` into the cache."""
     listops_dir = Path(listops_dir)
-    examples = {split: read_tsv(listops_dir / f"basic_{split}.tsv") for split in SPLITS}
     max_len = LRA_SETTINGS["max_length"]
+    splits = {}
+    for split in SPLITS:
+        path = listops_dir / f"basic_{split}.tsv"
+        splits[split] = to_split(
+            read_tsv(path), max_len, where=lambda i, path=path: f"{path}:{i + 2}",  # after header
+            fix="the release's sources are shorter than 2,000 tokens: is this a listops-1000 file?")
     return write_task(
-        out_dir, {name: to_split(ex, max_len) for name, ex in examples.items()},
-        task="listops", source="lra_release", num_classes=NUM_CLASSES, vocab_size=len(VOCAB),
-        vocab=VOCAB, max_len=max_len, mini=False, params={"release_dir": str(listops_dir)},
+        out_dir, splits, task="listops", source="lra_release", num_classes=NUM_CLASSES,
+        vocab_size=len(VOCAB), vocab=VOCAB, max_len=max_len, mini=False,
+        params={"release_dir": str(listops_dir)},
         description="ListOps from the official LRA release (listops-1000)",
     )

@@ -198,5 +198,6 @@ def build(root: str | Path, tasks: Iterable[str] | None = None, progress: bool =
     names = list(BUILDERS) if tasks is None else list(tasks)
     unknown = [t for t in names if t not in BUILDERS]
     if unknown:
-        raise ValueError(f"no mini task {unknown}; mini tasks: {', '.join(BUILDERS)}")
+        raise DataError(f"no mini task {', '.join(map(repr, unknown))}; the mini tasks are "
+                        f"{', '.join(BUILDERS)}")
     return [BUILDERS[t](root / t, progress=progress) for t in names]

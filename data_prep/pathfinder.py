@@ -46,6 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from lra.atomic import atomic_dir
+
 from .cache import DataError, Split, write_task
 
 log = logging.getLogger(__name__)
@@ -373,22 +375,23 @@ def default_workers() -> int:
 
 def write_tree(folder: str | Path, images: np.ndarray, labels: np.ndarray, s: Settings,
                per_batch: int = 1000) -> None:
-    """Write images in the release layout (imgs/<batch>/sample_<n>.png, text metadata/<batch>.npy);
-    used for test fixtures and for inspecting our images next to the release's."""
-    folder = Path(folder)
-    for batch, lo in enumerate(range(0, len(images), per_batch)):
-        (folder / "imgs" / str(batch)).mkdir(parents=True, exist_ok=True)
-        lines = []
-        for n, (image, label) in enumerate(zip(images[lo:lo + per_batch],
-                                               labels[lo:lo + per_batch], strict=True)):
-            Image.fromarray(image).save(folder / "imgs" / str(batch) / f"sample_{n}.png")
-            # The original's columns after the label: continuity, contour and distractor length,
-            # paddle length and thickness, margin, number of contrasts.
-            lines.append(f"imgs/{batch} sample_{n}.png {n} {int(label)} {s.continuity} "
-                         f"{s.contour_length} {s.distractor_length} {s.paddle_length} "
-                         f"{s.thickness} {s.margin} 1")
-        (folder / "metadata").mkdir(exist_ok=True)
-        (folder / "metadata" / f"{batch}.npy").write_text("\n".join(lines) + "\n")
+    """Write images in the release layout (imgs/<batch>/sample_<n>.png, text metadata/<batch>.npy)
+    as a whole new `folder`, atomically; used for test fixtures and for inspecting our images next
+    to the release's."""
+    with atomic_dir(folder) as tmp:
+        (tmp / "metadata").mkdir()
+        for batch, lo in enumerate(range(0, len(images), per_batch)):
+            (tmp / "imgs" / str(batch)).mkdir(parents=True)
+            lines = []
+            for n, (image, label) in enumerate(zip(images[lo:lo + per_batch],
+                                                   labels[lo:lo + per_batch], strict=True)):
+                Image.fromarray(image).save(tmp / "imgs" / str(batch) / f"sample_{n}.png")
+                # The original's columns after the label: continuity, contour and distractor
+                # length, paddle length and thickness, margin, number of contrasts.
+                lines.append(f"imgs/{batch} sample_{n}.png {n} {int(label)} {s.continuity} "
+                             f"{s.contour_length} {s.distractor_length} {s.paddle_length} "
+                             f"{s.thickness} {s.margin} 1")
+            (tmp / "metadata" / f"{batch}.npy").write_text("\n".join(lines) + "\n")
 
 
 def _batch_key(path: Path) -> tuple[int, str]:
@@ -426,9 +429,9 @@ def read_metadata(folder: Path) -> list[tuple[Path, int]]:
 
 
 def read_tree(folder: str | Path, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a release level into images (n, res, res) uint8 and labels (n,). An image that does
-    not decode (the release holds one empty PNG) is skipped and counted in the log; a missing one
-    or one of the wrong size is an error."""
+    """Decode a release level into images (n, res, res) uint8 and labels (n,). An empty image file
+    (the release holds one) is skipped and counted in the log; a missing one, one that does not
+    decode or one of the wrong size is an error."""
     folder = Path(folder)
     entries = read_metadata(folder)
     images = np.empty((len(entries), resolution, resolution), dtype=np.uint8)
@@ -439,19 +442,22 @@ def read_tree(folder: str | Path, resolution: int) -> tuple[np.ndarray, np.ndarr
         if not path.exists():
             raise DataError(f"{path} is listed in {folder / 'metadata'} but missing; the release "
                             "copy is incomplete: extract it again")
+        if path.stat().st_size == 0:
+            skipped.append(path)
+            continue
         try:
             with Image.open(path) as im:
                 image = np.asarray(im.convert("L"))
-        except (OSError, UnidentifiedImageError, SyntaxError):
-            skipped.append(path)
-            continue
+        except (OSError, UnidentifiedImageError, SyntaxError) as err:
+            raise DataError(f"{path} cannot be read as an image ({err}); the release copy is "
+                            "damaged: extract it again") from None
         if image.shape != (resolution, resolution):
             raise DataError(f"{path} is {image.shape[1]}x{image.shape[0]}, expected "
                             f"{resolution}x{resolution} for pathfinder{resolution}")
         images[n], labels[n] = image, label
         n += 1
     if skipped:
-        log.warning("skipped %d image(s) of %s that do not decode: %s", len(skipped), folder,
+        log.warning("skipped %d empty image file(s) of %s: %s", len(skipped), folder,
                     ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return images[:n], labels[:n]
 

@@ -4,26 +4,30 @@ files with resume and a checksum.
 The archive is a gzipped tar whose files sit under `lra_release/lra_release/`, with some copies
 at `lra_release/` or the top level too. A folder is searched in that order. From the archive, the
 members under one task's folder are streamed out (the nested copy wins over the others) into
-`extract_dir/<folder>`, written to a temporary folder and renamed at the end, so an interrupted
-extraction leaves nothing behind and a finished one is reused.
+`extract_dir/<folder>` through `lra.atomic.atomic_dir`, so an interrupted extraction leaves
+nothing behind, a finished one is reused, and other users can read it (umask permissions).
 
-Downloads go to `<dest>.part` and resume from its size with an HTTP Range request; the file is
-renamed to `<dest>` only when complete and, if a sha256 is given, matching it.
+Downloads go to `<dest>.part` (flushed to disk after every request) and resume from its size with
+an HTTP Range request; the file is moved to `<dest>` atomically (`lra.atomic.atomic_write`) only
+when complete and, if a sha256 is given, matching it.
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
 import logging
 import os
+import re
 import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
+
+from lra.atomic import atomic_dir, atomic_write
 
 from .cache import DataError, file_sha256
 
@@ -43,6 +47,11 @@ DOWNLOADS = {
     "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                 Path("data/raw/cifar-10-python.tar.gz")),
 }
+
+
+# Failures of the local file, not of the network: retrying or resuming cannot help.
+LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def download_command(what: str = "lra_release") -> str:
@@ -79,12 +88,10 @@ def extract(archive: str | Path, folder: str, extract_dir: str | Path = DEFAULT_
     if target.is_dir():
         log.info("using %s, extracted earlier from %s", target, archive)
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     ranks: dict[str, int] = {}
     log.info("extracting %s/ from %s (one pass over the archive) ...", folder, archive)
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with atomic_dir(target) as tmp, tarfile.open(archive, "r|*") as tar:
             for member in tar:
                 found = _release_path(member.name)
                 if found is None or not member.isfile():
@@ -98,15 +105,12 @@ def extract(archive: str | Path, folder: str, extract_dir: str | Path = DEFAULT_
                 with source, open(out, "wb") as sink:
                     shutil.copyfileobj(source, sink)
                 ranks[path] = rank
-        if not ranks:
-            raise DataError(f"{archive} holds no {folder}/ (looked under "
-                            f"{', '.join(p + '/' if p else 'the top level' for p in PREFIXES)})")
-        os.replace(tmp, target)
+            if not ranks:
+                places = ", ".join(p + "/" if p else "the top level" for p in PREFIXES)
+                raise DataError(f"{archive} holds no {folder}/ (looked under {places})")
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DataError(f"{archive} is truncated or corrupt ({type(err).__name__}: {err}); "
                         f"fetch it again with: {download_command()}") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("extracted %d files to %s", len(ranks), target)
     return target
 
@@ -159,6 +163,9 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
             for block in iter(lambda: response.read(1 << 20), b""):
                 sink.write(block)
                 bar.update(len(block))
+            # On disk before anything trusts its size: the next resume, or the final move.
+            sink.flush()
+            os.fsync(sink.fileno())
     size = part.stat().st_size
     if total is not None and size < total:
         raise http.client.IncompleteRead(b"", total - size)
@@ -169,6 +176,8 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, retries: 
     """Download `url` to `dest` via `dest.part`, resuming after an interruption (up to `retries`
     times here, or by running again later). With `sha256`, a mismatch deletes the part."""
     dest = Path(dest)
+    if sha256 is not None and not SHA256.fullmatch(sha256):
+        raise DataError(f"--sha256 {sha256!r} is not a sha256 digest (64 hex digits)")
     if dest.exists():
         if sha256 is not None and file_sha256(dest) != sha256.lower():
             raise DataError(f"{dest} exists but its sha256 is not {sha256}; delete it to "
@@ -184,7 +193,10 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, retries: 
         except urllib.error.HTTPError as err:
             raise DataError(f"downloading {url} failed: HTTP {err.code} {err.reason}; check the "
                             "URL (--url) or fetch the file yourself and pass its path") from err
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        except (OSError, http.client.HTTPException) as err:  # URLError is an OSError
+            if getattr(err, "errno", None) in LOCAL_ERRNOS:
+                raise DataError(f"cannot write {part} ({err.strerror}); free some space or "
+                                "choose another destination with --dest") from err
             have = part.stat().st_size if part.exists() else 0
             if attempt == retries and not have:
                 raise DataError(f"cannot download {url} ({err}); check the network, or fetch "
@@ -199,6 +211,7 @@ def download(url: str, dest: str | Path, *, sha256: str | None = None, retries: 
             part.unlink()
             raise DataError(f"{url}: sha256 {actual} does not match the expected {sha256}; the "
                             f"download was deleted, run the command again to fetch it afresh")
-    os.replace(part, dest)
+    # Moved (not copied) into the atomic writer's temporary name, then renamed over dest.
+    atomic_write(dest, lambda tmp: os.replace(part, tmp))
     log.info("downloaded %s (sha256 %s)", dest, sha256 or file_sha256(dest))
     return dest

@@ -104,12 +104,9 @@ def read_imdb_raw(path: str | Path) -> dict[str, list[Example]]:
 
 def read_imdb_tfds(data_dir: str | None = None) -> dict[str, list[Example]]:
     """IMDb through tensorflow-datasets (`imdb_reviews`), as the original LRA code."""
-    tfds = import_tfds("text")
-    out = {}
-    for split in ("train", "test"):
-        ds = tfds.load("imdb_reviews", split=split, as_supervised=True, data_dir=data_dir)
-        out[split] = [(bytes(text), int(label)) for text, label in tfds.as_numpy(ds)]
-    return out
+    return {split: [(bytes(text), int(label)) for text, label in
+                    load_tfds("imdb_reviews", split, data_dir, task="text")]
+            for split in ("train", "test")}
 
 
 def import_tfds(task: str):
@@ -121,6 +118,19 @@ def import_tfds(task: str):
                         "`pip install -e '.[tfds]'`, or use the original archive instead: "
                         f"python -m data_prep {task} --source raw") from None
     return tensorflow_datasets
+
+
+def load_tfds(name: str, split: str, data_dir: str | None, *, task: str) -> list:
+    """The (input, label) numpy pairs of a tfds dataset split. tfds fails in many ways (not
+    downloaded, no network, a corrupt data_dir), each reported as one DataError."""
+    tfds = import_tfds(task)
+    try:
+        return list(tfds.as_numpy(tfds.load(name, split=split, as_supervised=True,
+                                            data_dir=data_dir)))
+    except Exception as err:  # tfds' own exception types vary by version
+        raise DataError(f"tensorflow-datasets could not load {name} ({split}, data_dir "
+                        f"{data_dir or 'default'}): {type(err).__name__}: {err}; or use the "
+                        f"original archive: python -m data_prep {task} --source raw") from err
 
 
 def to_split(examples: Sequence[Example], max_len: int) -> Split:

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+import data_prep.__main__ as cli
 from data_prep.__main__ import main
-from data_prep.cache import read_manifest
+from data_prep.cache import DataError, read_manifest
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -36,6 +37,36 @@ def test_errors_are_one_line(tmp_path, capsys, argv, needle):
     assert code == 1 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert needle.format(tmp=tmp_path) in err
+
+
+def test_a_multi_line_message_is_printed_on_one_line(capsys, monkeypatch):
+    def fail(args):
+        raise DataError("x.tar.gz is corrupt (zlib: invalid block\nat offset 7)\n")
+
+    monkeypatch.setattr(cli, "run", fail)
+    code, _, err = run(["mini"], capsys)
+    assert (code, err) == (1, "error: x.tar.gz is corrupt (zlib: invalid block at offset 7)\n")
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "listops-1000"
+    folder.mkdir()
+    for split in ("train", "val", "test"):
+        (folder / f"basic_{split}.tsv").write_text("Source\tTarget\n( [MAX 2 ] )\t2\n")
+    (tmp_path / "file").write_text("not a folder")
+    code, out, err = run(["listops", "--source", "lra_release", "--release", tmp_path, "--out",
+                          tmp_path / "file" / "cache"], capsys)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: FileExistsError: ") and str(tmp_path / "file") in err
+
+
+@pytest.mark.parametrize("option", ["--num-images 5", "--workers 0", "--seed -1"])
+def test_counts_are_checked_by_the_parser(capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        main(["pathfinder", "--source", "generate", *option.split()])
+    assert exc.value.code == 2
+    assert f"argument {option.split()[0]}: '{option.split()[1]}' is not an integer >= " in (
+        capsys.readouterr().err)
 
 
 def test_text_source_must_be_one_it_has(capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_prep import mini
-from data_prep.cache import load_split, read_manifest
+from data_prep.cache import DataError, load_split, read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,11 @@ def window_bytes(tokens, length) -> bytes:
 
 def test_builders_cover_the_five_tasks():
     assert list(mini.BUILDERS) == ["listops", "text", "retrieval", "image", "pathfinder"]
+
+
+def test_unknown_mini_task_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match=r"no mini task 'pathx'; the mini tasks are listops, "):
+        mini.build(tmp_path, ["pathx"])
 
 
 @pytest.mark.parametrize("task", ["text", "retrieval", "image"])

@@ -182,7 +182,7 @@ def test_reader_skips_the_empty_png_and_reads_the_rest_exactly(tmp_path, caplog)
         got, got_labels = pf.read_tree(level, 32)
     keep = np.arange(len(images)) != 3
     assert np.array_equal(got, images[keep]) and np.array_equal(got_labels, labels[keep])
-    assert "skipped 1 image(s)" in caplog.text and "sample_3.png" in caplog.text
+    assert "skipped 1 empty image file(s)" in caplog.text and "sample_3.png" in caplog.text
 
 
 def test_release_level_to_cache(tmp_path):
@@ -202,7 +202,7 @@ def test_release_level_to_cache(tmp_path):
     assert (train.tokens == 0).any()
 
 
-@pytest.mark.parametrize("problem", ["fields", "label", "missing", "size"])
+@pytest.mark.parametrize("problem", ["fields", "label", "missing", "size", "corrupt"])
 def test_reader_errors_name_the_file(tmp_path, problem):
     level = tmp_path / "pathfinder32" / "curv_contour_length_14"
     release_level(level)
@@ -218,9 +218,13 @@ def test_reader_errors_name_the_file(tmp_path, problem):
     elif problem == "missing":
         (level / "imgs" / "1" / "sample_4.png").unlink()
         match = "sample_4.png is listed .* but missing"
-    else:
+    elif problem == "size":
         Image.fromarray(np.zeros((16, 16), np.uint8)).save(level / "imgs" / "2" / "sample_0.png")
         match = "sample_0.png is 16x16, expected 32x32"
+    else:  # only an empty file (the release's one) is skipped: a damaged PNG is an error
+        png = level / "imgs" / "1" / "sample_5.png"
+        png.write_bytes(png.read_bytes()[:40])
+        match = "sample_5.png cannot be read as an image .* extract it again"
     with pytest.raises(DataError, match=match):
         pf.read_tree(level, 32)
 

@@ -258,6 +258,16 @@ def test_tfds_route(tmp_path, monkeypatch):
     assert np.array_equal(load_split(out, "val", manifest).tokens, expected_gray(rgb[9:]))
 
 
+def test_tfds_failure_is_one_data_error(monkeypatch):
+    module = fake_tfds({})  # load() of anything raises KeyError, as a missing dataset would fail
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", module)
+    with pytest.raises(DataError, match=r"could not load imdb_reviews \(train, data_dir default\)"
+                                        r": KeyError.*--source raw"):
+        text.read_imdb_tfds()
+    with pytest.raises(DataError, match=r"could not load cifar10 .*data_prep image --source raw"):
+        image.read_cifar_tfds()
+
+
 def test_missing_tfds_says_how_to_install_or_avoid_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(DataError, match=r"pip install -e '\.\[tfds\]'.*--source raw"):

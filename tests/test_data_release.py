@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from test_data_cache import modes, umask
 from test_data_pathfinder import release_level  # the Pathfinder release-layout fixture
 
 from data_prep import listops, release
@@ -56,8 +57,11 @@ def check_listops_cache(out):
 def test_archive_extracts_the_nested_copy(tmp_path):
     archive = tmp_path / "lra_release.gz"
     make_archive(archive)
-    folder = release.find(archive, "listops-1000", tmp_path / "extracted")
+    with umask(0o022):
+        folder = release.find(archive, "listops-1000", tmp_path / "extracted")
     assert folder == tmp_path / "extracted" / "listops-1000"
+    assert modes(folder) == {"listops-1000": 0o755, **{f"listops-1000/basic_{split}.tsv": 0o644
+                                                       for split in ROWS}}, "readable by others"
     assert (folder / "basic_train.tsv").read_bytes() == tsv_bytes(ROWS["train"])
     check_listops_cache(listops.build_from_release(tmp_path / "cache", folder))
     # Reused, not extracted again; no temporary folders left behind.
@@ -178,9 +182,12 @@ def test_download_cut_halfway_then_resumed_end_to_end(tmp_path, payload):
             release.download(server.url, dest, sha256=digest, retries=0, progress=False)
         assert not dest.exists() and 0 < part.stat().st_size < len(payload)
         half = part.stat().st_size
-        release.download(server.url, dest, sha256=digest, retries=0, progress=False)
+        with umask(0o022):
+            release.download(server.url, dest, sha256=digest, retries=0, progress=False)
         assert server.ranges == [None, f"bytes={half}-"]
     assert dest.read_bytes() == payload and not part.exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["lra_release.gz"]
+    assert modes(dest.parent)["data/lra_release.gz"] == 0o644
     # The downloaded archive feeds the ListOps builder through the CLI.
     assert main(["listops", "--source", "lra_release", "--release", str(dest), "--extract-dir",
                  str(tmp_path / "extracted"), "--out", str(tmp_path / "cache")]) == 0
@@ -204,6 +211,13 @@ def test_bad_checksum_is_rejected(tmp_path, payload):
     dest.write_bytes(b"an older, different file")
     with pytest.raises(DataError, match="exists but its sha256 is not 0000"):
         release.download("http://127.0.0.1:9/unused", dest, sha256="0" * 64, progress=False)
+
+
+def test_malformed_checksum_is_rejected_before_downloading(tmp_path):
+    with pytest.raises(DataError, match=r"--sha256 'abc' is not a sha256 digest"):
+        release.download("http://127.0.0.1:9/unused", tmp_path / "x", sha256="abc",
+                         progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_http_error_and_unreachable_host(tmp_path, payload):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import re
 import statistics
 
 import numpy as np
 import pytest
 
 from data_prep import listops
+from data_prep.__main__ import main
 from data_prep.cache import DataError, load_split, read_manifest
 
 
@@ -101,12 +103,48 @@ def test_tsv_reader_on_official_format(tmp_path):
     ("Source\tTarget\n( [MAX 2 ] )\t2\textra\n", r"basic_train.tsv:2: expected 2"),
     ("src\ttgt\n", "header"),
     ("Source\tTarget\n( [MAX 2 ] )\tx\n", "not an integer"),
+    ("Source\tTarget\n( [MAX 2 ] )\t12\n", "target 12 is outside 0-9"),
+    ("Source\tTarget\n( [MAX \xff ] )\t2\n", r"basic_train.tsv is not UTF-8 text"),
 ])
 def test_tsv_reader_rejects_bad_rows(tmp_path, text, message):
     path = tmp_path / "basic_train.tsv"
-    path.write_text(text)
+    path.write_bytes(text.encode("latin-1"))
     with pytest.raises(DataError, match=message):
         listops.read_tsv(path)
+
+
+@pytest.mark.parametrize("token", ["[MUL", "<unk>", "<pad>", "10"])
+def test_unknown_token_names_file_line_and_token(tmp_path, token):
+    path = tmp_path / "basic_val.tsv"
+    path.write_text(f"Source\tTarget\n( ( [MAX 2 ) 9 ] )\t9\n( ( {token} 2 ) 9 ] )\t9\n")
+    with pytest.raises(DataError, match=rf"basic_val\.tsv:3: unknown token '{re.escape(token)}'"):
+        listops.read_tsv(path)
+    # `<unk>` keeps its id, for earlier caches, but nothing is ever encoded to it.
+    assert listops.VOCAB[1] == listops.UNK
+    with pytest.raises(KeyError):
+        listops.encode(f"( {token} 2 ] )")
+
+
+def release_folder(root, rows):
+    folder = root / "listops-1000"
+    folder.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        listops.write_tsv(folder / f"basic_{split}.tsv", rows.get(split, [("( [MAX 2 ] )", 2)]))
+    return folder
+
+
+def test_too_long_source_is_one_cli_error_line(tmp_path, capsys):
+    long = "( [SM " + " ".join(["1"] * 2000) + " ] )"  # 2,002 tokens
+    release_folder(tmp_path, {"test": [("( [MAX 2 ] )", 2), (long, 0)]})
+    with pytest.raises(DataError, match=r"basic_test\.tsv:3: 2002 tokens, more than "
+                                        r"max_len=2000; .* listops-1000 file"):
+        listops.build_from_release(tmp_path / "cache", tmp_path / "listops-1000")
+    code = main(["listops", "--source", "lra_release", "--release", str(tmp_path), "--out",
+                 str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: ") and "basic_test.tsv:3: 2002 tokens" in err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_corrupt_or_missing_cache_is_rejected(tiny_data_root, tmp_path):

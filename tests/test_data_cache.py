@@ -1,0 +1,135 @@
+"""The cache writer: atomic (a failed build keeps the previous cache, nothing temporary is left),
+readable by others under the umask, and checked before writing (errors name the task, split and
+example)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from data_prep import cache
+from data_prep.cache import DataError, Split, load_split, read_manifest, write_task
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(folder) -> dict[str, int]:
+    """Permission bits of a folder and everything under it, by path relative to its parent."""
+    paths = [folder, *folder.rglob("*")]
+    return {p.relative_to(folder.parent).as_posix(): stat.S_IMODE(p.stat().st_mode)
+            for p in paths}
+
+
+def splits(n: int = 6, label_offset: int = 0, max_len: int = 5) -> dict[str, Split]:
+    rng = np.random.default_rng(n + label_offset)
+    out = {}
+    for name in cache.SPLITS:
+        tokens = rng.integers(1, 20, size=(n, max_len)).astype(np.uint8)
+        lengths = rng.integers(1, max_len + 1, size=n).astype(np.int32)
+        out[name] = Split(tokens, lengths, (np.arange(n) + label_offset) % 3)
+    return out
+
+
+def write(out_dir, data, **kwargs):
+    return write_task(out_dir, data, task="listops", source="test", num_classes=3, vocab_size=20,
+                      max_len=5, mini=True, description="fixture", params={"n": 1}, **kwargs)
+
+
+def test_cache_is_readable_by_others_under_umask_022(tmp_path):
+    with umask(0o022):
+        write(tmp_path / "cache", splits())
+    found = modes(tmp_path / "cache")
+    assert found.pop("cache") == 0o755
+    assert len(found) == 10 and set(found.values()) == {0o644}  # 9 arrays and the manifest
+
+
+def test_failed_build_keeps_the_previous_cache(tmp_path, monkeypatch):
+    out = tmp_path / "cache"
+    write(out, splits())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # Rejected before anything is written: a label outside the classes.
+    bad = splits(label_offset=1)
+    bad["val"].labels[4] = 7
+    with pytest.raises(DataError, match=r"listops val: example 4 has label 7, outside \[0, 3\)"):
+        write(out, bad)
+    # Killed halfway through writing the arrays.
+    real_save, calls = np.save, []
+
+    def save_then_die(path, array):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(cache.np, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write(out, splits(label_offset=2))
+    monkeypatch.undo()
+    assert len(calls) == 4
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"], "no temporary folder left behind"
+    manifest = read_manifest(out, task="listops")
+    assert load_split(out, "val", manifest).labels.tolist() == [0, 1, 2, 0, 1, 2]
+
+
+def test_rebuild_replaces_the_cache(tmp_path):
+    out = tmp_path / "cache"
+    write(out, splits())
+    write(out, splits(n=4, label_offset=1))
+    manifest = read_manifest(out, task="listops")
+    assert load_split(out, "test", manifest).labels.tolist() == [1, 2, 0, 1]
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("empty", r"listops test has no examples"),
+    ("width", r"listops train: tokens are 4 wide, not max_len=5"),
+    ("count", r"listops val: 6 token rows, 5 lengths and 6 labels"),
+    ("length", r"listops val: example 2 has length \[6\], outside \[0, 5\]"),
+    ("label", r"listops train: example 0 has label -1, outside \[0, 3\) \(1 such\)"),
+])
+def test_write_task_errors_name_task_split_and_example(tmp_path, problem, match):
+    data = splits()
+    if problem == "empty":
+        data["test"] = Split(data["test"].tokens[:0], data["test"].lengths[:0],
+                             data["test"].labels[:0])
+    elif problem == "width":
+        data["train"] = Split(data["train"].tokens[:, :4], data["train"].lengths,
+                              data["train"].labels)
+    elif problem == "count":
+        data["val"] = Split(data["val"].tokens, data["val"].lengths[:5], data["val"].labels)
+    elif problem == "length":
+        data["val"].lengths[2] = 6
+    else:
+        data["train"].labels[0] = -1
+    with pytest.raises(DataError, match=match):
+        write(tmp_path / "cache", data)
+    assert not any(tmp_path.iterdir())
+
+
+def test_pack_names_the_example_and_the_fix():
+    tokens, lengths = cache.pack([[1, 2], [], [3]], 3, where=str, fix="unused")
+    assert tokens.tolist() == [[1, 2, 0], [0, 0, 0], [3, 0, 0]] and lengths.tolist() == [2, 0, 1]
+    with pytest.raises(DataError, match=r"^data\.tsv:4: 4 tokens, more than max_len=3; "
+                                        r"pass --max-len 4$"):
+        cache.pack([[1], [1, 2], [1, 2, 3, 4]], 3, where=lambda i: f"data.tsv:{i + 2}",
+                   fix="pass --max-len 4")
+
+
+def test_manifest_missing_keys_is_a_data_error(tmp_path):
+    out = write(tmp_path / "cache", splits())
+    path = out / "manifest.json"
+    path.write_text(path.read_text().replace('"splits"', '"splitz"'))
+    with pytest.raises(DataError, match=r"manifest\.json lacks splits .*python -m data_prep"):
+        read_manifest(out, task="listops")
