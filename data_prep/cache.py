@@ -13,6 +13,10 @@ Masks are explicit: a token is real iff its position is below the example's leng
 is a real token. The whole folder is written through `lra.atomic.atomic_dir`: a killed or failed
 build leaves the previous cache as it was, and the new one gets the umask's permissions, so other
 users of a shared cluster can read it.
+
+A builder whose source is ordered (by class, or in any way that could bias a capped evaluation
+that reads only the first examples) passes `shuffle_seed`: each split's rows are then stored in
+the order `permutation(n, shuffle_seed)`, once, and the seed is recorded in the manifest params.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from lra.atomic import atomic_dir
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 ARRAYS = ("tokens", "lengths", "labels")
+SHUFFLE_SEED = 0  # the seed of every builder that shuffles its splits
 MANIFEST_KEYS = ("format_version", "task", "source", "mini", "description", "num_classes",
                  "vocab_size", "vocab", "max_len", "pair", "params", "splits")
 
@@ -73,6 +78,11 @@ def pack(sequences: Sequence[Sequence[int]], max_len: int, *, where: Callable[[i
         tokens[i, : len(seq)] = seq
         lengths[i] = len(seq)
     return tokens, lengths
+
+
+def permutation(n: int, seed: int) -> np.ndarray:
+    """The stored order of a shuffled split of n rows: row i of the cache is source row order[i]."""
+    return np.random.default_rng(seed).permutation(n)
 
 
 def check_split(split: Split, *, task: str, name: str, num_classes: int, max_len: int) -> None:
@@ -121,12 +131,17 @@ def write_task(
     description: str,
     params: Mapping[str, Any],
     vocab: Sequence[str] | None = None,
+    shuffle_seed: int | None = None,
 ) -> Path:
-    """Check the splits, then write them and the manifest to `out_dir` atomically."""
+    """Check the splits, then write them and the manifest to `out_dir` atomically. With
+    `shuffle_seed`, each split's rows are stored in the order `permutation(n, shuffle_seed)`."""
     splits = {name: Split(s.tokens, s.lengths.astype(np.int32),
                           np.asarray(s.labels, dtype=np.int64)) for name, s in splits.items()}
     for name, split in splits.items():
         check_split(split, task=task, name=name, num_classes=num_classes, max_len=max_len)
+    params = dict(params)
+    if shuffle_seed is not None:
+        params["shuffle_seed"] = shuffle_seed
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "task": task,
@@ -138,11 +153,13 @@ def write_task(
         "vocab": list(vocab) if vocab is not None else None,
         "max_len": max_len,
         "pair": any(s.tokens.ndim == 3 for s in splits.values()),
-        "params": dict(params),
+        "params": params,
         "splits": {},
     }
     with atomic_dir(out_dir) as tmp:
         for name, split in splits.items():
+            order = (slice(None) if shuffle_seed is None
+                     else permutation(len(split), shuffle_seed))
             entry = {
                 "size": len(split),
                 "label_counts": np.bincount(split.labels, minlength=num_classes).tolist(),
@@ -150,7 +167,7 @@ def write_task(
             }
             for key in ARRAYS:
                 path = tmp / f"{name}.{key}.npy"
-                np.save(path, getattr(split, key))
+                np.save(path, getattr(split, key)[order])
                 entry["sha256"][path.name] = file_sha256(path)
             manifest["splits"][name] = entry
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -5,7 +5,8 @@ or from the original `cifar-10-python.tar.gz` (archive or extracted `cifar-10-ba
 folder of pickled `data_batch_1..5` and `test_batch`). Images are converted to grayscale with the
 weights of tf.image.rgb_to_grayscale (0.2989 R + 0.5870 G + 0.1140 B, rounded) and flattened
 row-major into 1024 tokens 0-255; value 0 (black) is a real token. Splits follow LRA: the first
-90% of the training set for train, the last 10% for val, and the test set: 45K / 5K / 10K.
+90% of the training set for train, the last 10% for val, and the test set: 45K / 5K / 10K. They
+keep the source order, which is already random (CIFAR-10's batches are in random order).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Strings use LRA's nested form, e.g. `( ( ( [MAX 2 ) 9 ) ] )`. Tokenising drops t
 so that string becomes `[MAX 2 9 ]`. A token outside the language (operators, `]`, digits) is an
 error naming it, never a silent `<unk>`: the vocabulary keeps `<unk>` so that ids stay those of
 earlier caches, but nothing produces it.
+
+Both sources are stored in their own order: the generator emits trees (and so labels) at random,
+and the release's TSVs were made by the same generator.
 """
 
 from __future__ import annotations

@@ -17,6 +17,11 @@ result row carries it: these are not the LRA benchmark.
   cut into regions, the first 70% of its bytes for train, the next 15% for val, the last 15% for
   test, and windows never cross a region, so no text is shared between splits. Classes are
   balanced exactly. The texts depend on the installed Python, whose version the manifest records.
+  Both are drawn class by class (text) or in alternating classes (retrieval), so each split is
+  stored shuffled (`cache.SHUFFLE_SEED`): the first examples of a split are a fair sample.
+
+ListOps and Pathfinder come out of their generators in random label order, and the digits are
+permuted before they are split.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from . import listops, pathfinder
-from .cache import DataError, Split, write_task
+from .cache import SHUFFLE_SEED, DataError, Split, write_task
 from .text import TOKENS, VOCAB_SIZE, encode_bytes
 
 STANDIN = "mini stand-in, not the LRA benchmark"
 SIZES = {"train": 2000, "val": 256, "test": 256}
+PATHFINDER_IMAGES = 4000
 WINDOW = 1024
 TEXT_CLASSES = {"running code": ("asyncio", "importlib", "multiprocessing", "unittest"),
                 "data formats and protocols": ("email", "http", "urllib", "xml")}
@@ -53,7 +59,8 @@ def build_listops(out_dir: Path, progress: bool = True) -> Path:
 
 def build_pathfinder(out_dir: Path, progress: bool = True) -> Path:
     return pathfinder.build_generated(out_dir, resolution=32, difficulty="curv_baseline",
-                                      num_images=4000, seed=0, mini=True, progress=progress)
+                                      num_images=PATHFINDER_IMAGES, seed=0, mini=True,
+                                      progress=progress)
 
 
 def build_image(out_dir: Path, progress: bool = True) -> Path:
@@ -141,7 +148,7 @@ def build_text(out_dir: Path, progress: bool = True) -> Path:
         splits[split] = _byte_split(texts, labels, pair=False)
     return write_task(
         out_dir, splits, task="text", source="python_stdlib", num_classes=len(TEXT_CLASSES),
-        vocab_size=VOCAB_SIZE, max_len=WINDOW, mini=True,
+        vocab_size=VOCAB_SIZE, max_len=WINDOW, mini=True, shuffle_seed=SHUFFLE_SEED,
         params={**_python_params(), "classes": {name: list(group) for name, group in
                                                 TEXT_CLASSES.items()}},
         description="whether a 1,024-byte window of Python standard-library source comes from a "
@@ -177,7 +184,7 @@ def build_retrieval(out_dir: Path, progress: bool = True) -> Path:
         splits[split] = _byte_split(texts, labels, pair=True)
     return write_task(
         out_dir, splits, task="retrieval", source="python_stdlib", num_classes=2,
-        vocab_size=VOCAB_SIZE, max_len=WINDOW, mini=True,
+        vocab_size=VOCAB_SIZE, max_len=WINDOW, mini=True, shuffle_seed=SHUFFLE_SEED,
         params={**_python_params(), "modules": len(modules), "min_module_bytes": MIN_MODULE_BYTES,
                 "negatives": "half from another module of the same package"},
         description="whether two 1,024-byte windows of Python standard-library source come from "

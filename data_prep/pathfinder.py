@@ -29,6 +29,10 @@ Coordinates: a point is (y, x) with pixel (i, j) covering [i, i+1) x [j, j+1).
 The release stores each level as `imgs/<batch>/sample_<n>.png` plus `metadata/<batch>.npy`, which
 is plain text despite its name: one line per image, `imgs/<batch> sample_<n>.png <n> <label> ...`
 (a true .npy string array, as the generator's np.save would write, is read too).
+
+Both sources are split 80/10/10 in order, as LRA. Our generator draws each image's label
+independently, so its order is already random; the release's order cannot be checked offline, so
+each of its splits is stored shuffled (`cache.SHUFFLE_SEED`), keeping a capped evaluation fair.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from lra.atomic import atomic_dir
 
-from .cache import DataError, Split, write_task
+from .cache import SHUFFLE_SEED, DataError, Split, write_task
 
 log = logging.getLogger(__name__)
 
@@ -479,11 +483,12 @@ def task_name(resolution: int, difficulty: str) -> str:
 
 
 def _write(out_dir, images, labels, *, resolution, difficulty, source, mini, description,
-           params) -> Path:
+           params, shuffle_seed=None) -> Path:
     return write_task(
         out_dir, split_80_10_10(images, labels), task=task_name(resolution, difficulty),
         source=source, num_classes=NUM_CLASSES, vocab_size=VOCAB_SIZE,
         max_len=resolution * resolution, mini=mini, description=description,
+        shuffle_seed=shuffle_seed,
         params={"resolution": resolution, "difficulty": difficulty, "split": "80/10/10 in order",
                 "tokens": "grayscale pixel values 0-255, row-major; 0 is a real token",
                 **params},
@@ -510,5 +515,6 @@ def build_from_release(out_dir: str | Path, level_dir: str | Path, *, resolution
     images, labels = read_tree(level_dir, resolution)
     return _write(out_dir, images, labels, resolution=resolution, difficulty=difficulty,
                   source="lra_release", mini=False, params={"release_dir": str(level_dir)},
+                  shuffle_seed=SHUFFLE_SEED,
                   description=f"Pathfinder-{resolution} {difficulty} from the official LRA "
                               "release")

@@ -5,6 +5,8 @@ no header, no quoting, five tab-separated columns `label, id1, id2, text1, text2
 written as a float (`0.0` / `1.0`). Each text is tokenised as the bytes stored in the file (as
 LRA's byte encoder saw them; see `text.encode_bytes`) and truncated to `max_len` per document. A
 split is stored as tokens (n, 2, max_len) and lengths (n, 2): `[u, v]` for the dual encoder.
+The files' row order cannot be checked offline, so each split is stored shuffled
+(`cache.SHUFFLE_SEED`): a capped evaluation reads a fair sample whatever that order is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import DataError, Split, write_task
+from .cache import SHUFFLE_SEED, DataError, Split, write_task
 from .text import DEFAULT_MAX_LEN, TOKENS, VOCAB_SIZE, encode_bytes
 
 FOLDER = "tsv_data"
@@ -63,7 +65,7 @@ def build_from_release(out_dir: str | Path, tsv_dir: str | Path,
     splits = {name: read_tsv(tsv_dir / file, max_len) for name, file in FILES.items()}
     return write_task(
         out_dir, splits, task="retrieval", source="lra_release", num_classes=NUM_CLASSES,
-        vocab_size=VOCAB_SIZE, max_len=max_len, mini=False,
+        vocab_size=VOCAB_SIZE, max_len=max_len, mini=False, shuffle_seed=SHUFFLE_SEED,
         params={"max_len": max_len, "tokens": TOKENS, "release_dir": str(tsv_dir),
                 "pair": "tokens[:, 0] = text1, tokens[:, 1] = text2"},
         description=f"AAN citation pairs from the official LRA release, byte-level, each "

@@ -9,6 +9,8 @@ IMDb is not in the LRA release. It comes from tensorflow-datasets (`imdb_reviews
 original) or from the original `aclImdb_v1.tar.gz` (archive or extracted `aclImdb/` folder:
 `{train,test}/{neg,pos}/<id>_<rating>.txt`), with label 0 = negative, 1 = positive either way.
 There are 25K train and 25K test reviews; the test set serves as both val and test, as in LRA.
+The archive is read in label order, so each split is stored shuffled (`cache.SHUFFLE_SEED`, the
+same order for val and test), whatever the source: the first examples are a fair sample.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import DataError, Split, write_task
+from .cache import SHUFFLE_SEED, DataError, Split, write_task
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def build(out_dir: str | Path, examples: dict[str, list[Example]], *, source: st
         out_dir, {"train": train, "val": test, "test": test}, task="text", source=source,
         num_classes=NUM_CLASSES, vocab_size=VOCAB_SIZE, max_len=max_len, mini=False,
         params={"max_len": max_len, "tokens": TOKENS, "labels": "0 = negative, 1 = positive",
-                **(params or {})},
+                **(params or {})}, shuffle_seed=SHUFFLE_SEED,
         description=f"IMDb reviews, byte-level, truncated to {max_len} bytes; the 25K test set "
                     "is used as both val and test, as in LRA",
     )

@@ -1,6 +1,6 @@
 """The cache writer: atomic (a failed build keeps the previous cache, nothing temporary is left),
-readable by others under the umask, and checked before writing (errors name the task, split and
-example)."""
+readable by others under the umask, checked before writing (errors name the task, split and
+example), and shuffled once, by a recorded seed, where a builder asks for it."""
 
 from __future__ import annotations
 
@@ -125,6 +125,29 @@ def test_pack_names_the_example_and_the_fix():
                                         r"pass --max-len 4$"):
         cache.pack([[1], [1, 2], [1, 2, 3, 4]], 3, where=lambda i: f"data.tsv:{i + 2}",
                    fix="pass --max-len 4")
+
+
+def test_shuffle_keeps_rows_together_and_is_recorded(tmp_path):
+    data = splits(n=50)
+    for split in data.values():  # a class-sorted source
+        split.labels.sort()
+    out = write(tmp_path / "cache", data, shuffle_seed=3)
+    manifest = read_manifest(out, task="listops")
+    assert manifest["params"] == {"n": 1, "shuffle_seed": 3}
+    order = cache.permutation(50, 3)
+    for name, source in data.items():
+        got = load_split(out, name, manifest)
+        assert np.array_equal(got.tokens, source.tokens[order])
+        assert np.array_equal(got.lengths, source.lengths[order])
+        assert np.array_equal(got.labels, source.labels[order])
+        assert len(set(got.labels[:10].tolist())) > 1
+        assert manifest["splits"][name]["label_counts"] == np.bincount(source.labels).tolist()
+    # The same seed gives the same bytes: the cache is reproducible.
+    again = write(tmp_path / "again", data, shuffle_seed=3)
+    assert all((out / f).read_bytes() == (again / f).read_bytes() for f in
+               ("train.tokens.npy", "val.labels.npy"))
+    unshuffled = read_manifest(write(tmp_path / "plain", data), task="listops")
+    assert "shuffle_seed" not in unshuffled["params"]
 
 
 def test_manifest_missing_keys_is_a_data_error(tmp_path):

@@ -1,6 +1,7 @@
 """The mini suite's text, retrieval and image stand-ins: marked as stand-ins, balanced, and
 real (windows come from the right package or module and never cross between splits). ListOps and
-Pathfinder minis are the generators', tested with them."""
+Pathfinder minis are the generators', tested with them; here only their order is checked: the
+first 64 examples of every mini val split (what a capped evaluation reads) hold several classes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ import numpy as np
 import pytest
 
 from data_prep import mini
-from data_prep.cache import DataError, load_split, read_manifest
+from data_prep.cache import SHUFFLE_SEED, DataError, load_split, read_manifest
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini")
     mini.build(root, ["text", "retrieval", "image"], progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def generated_root(tmp_path_factory):
+    """The ListOps and Pathfinder minis, smaller (their order does not depend on the size): val
+    has 64 examples."""
+    root = tmp_path_factory.mktemp("mini_generated")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mini, "SIZES", {"train": 64, "val": 64, "test": 64})
+        patch.setattr(mini, "PATHFINDER_IMAGES", 640)
+        mini.build(root, ["listops", "pathfinder"], progress=False)
     return root
 
 
@@ -34,6 +47,17 @@ def window_bytes(tokens, length) -> bytes:
 
 def test_builders_cover_the_five_tasks():
     assert list(mini.BUILDERS) == ["listops", "text", "retrieval", "image", "pathfinder"]
+
+
+@pytest.mark.parametrize("task", list(mini.BUILDERS))
+def test_first_val_examples_hold_several_classes(root, generated_root, task):
+    folder = generated_root if task in ("listops", "pathfinder") else root
+    manifest, splits = load(folder, task)
+    assert manifest["splits"]["val"]["size"] >= 64
+    assert len(np.unique(splits["val"].labels[:64])) > 1
+    if task in ("text", "retrieval"):  # drawn class by class or alternating: stored shuffled
+        assert manifest["params"]["shuffle_seed"] == SHUFFLE_SEED
+        assert not np.array_equal(splits["val"].labels[:8], np.resize([1, 0], 8))
 
 
 def test_unknown_mini_task_is_a_data_error(tmp_path):

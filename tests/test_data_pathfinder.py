@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from data_prep import pathfinder as pf
-from data_prep.cache import DataError, load_split, read_manifest
+from data_prep.cache import DataError, load_split, permutation, read_manifest
 
 LRA = pf.Settings.level(32, pf.LRA_DIFFICULTY)
 
@@ -194,10 +194,13 @@ def test_release_level_to_cache(tmp_path):
     assert {k: v["size"] for k, v in manifest["splits"].items()} == {"train": 32, "val": 4,
                                                                      "test": 4}
     assert (manifest["vocab_size"], manifest["max_len"], manifest["mini"]) == (256, 1024, False)
+    # The cut is 80/10/10 in release order; then each split is stored in its seeded order.
+    seed = manifest["params"]["shuffle_seed"]
     keep = np.arange(len(images)) != 3
     train = load_split(out, "train", manifest)
-    assert np.array_equal(train.tokens, images[keep][:32].reshape(32, -1))
-    assert np.array_equal(train.labels, labels[keep][:32])
+    order = permutation(32, seed)
+    assert np.array_equal(train.tokens, images[keep][:32][order].reshape(32, -1))
+    assert np.array_equal(train.labels, labels[keep][:32][order])
     assert np.all(train.lengths == 1024), "pixel 0 is a real token: every position counts"
     assert (train.tokens == 0).any()
 
@@ -236,4 +239,6 @@ def test_generated_pathx_cache(tmp_path):
     assert (manifest["task"], manifest["max_len"], manifest["source"]) == ("pathx", 16384,
                                                                           "generate")
     assert manifest["params"]["difficulty"] == "curv_contour_length_14"
+    # Labels are drawn per image, so the generator's order is kept (image i is stimulus i).
+    assert "shuffle_seed" not in manifest["params"]
     assert [s["size"] for s in manifest["splits"].values()] == [8, 1, 1]

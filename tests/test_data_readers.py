@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from data_prep import image, retrieval, text
-from data_prep.cache import DataError, load_split, read_manifest
+from data_prep.cache import DataError, load_split, permutation, read_manifest
 
 
 def tar_gz(path, files: dict[str, bytes]) -> None:
@@ -59,9 +59,11 @@ def test_aan_pairs_tokens_labels_and_sizes(tmp_path):
                                                                      "test": 2}
     train = load_split(out, "train", manifest)
     assert train.tokens.shape == (3, 2, 32) and train.lengths.shape == (3, 2)
-    assert train.labels.tolist() == [1, 0, 1]
-    for i, (_, _, _, t1, t2) in enumerate(AAN["train"]):
-        for j, doc in enumerate((t1, t2)):
+    # Stored in the seeded order: row i of the cache is file row order[i].
+    order = permutation(3, manifest["params"]["shuffle_seed"])
+    assert train.labels.tolist() == [[1, 0, 1][k] for k in order]
+    for i, k in enumerate(order):
+        for j, doc in enumerate(AAN["train"][k][3:]):
             n = min(len(doc), 32)
             assert train.lengths[i, j] == n
             assert train.tokens[i, j, :n].tolist() == byte_tokens(doc[:32])
@@ -114,15 +116,17 @@ def check_imdb(out, max_len):
     assert {k: v["size"] for k, v in manifest["splits"].items()} == {"train": 3, "val": 2,
                                                                      "test": 2}
     train = load_split(out, "train", manifest)
-    # Sorted by label (neg first), then review id.
+    # Read sorted by label (neg first), then review id; stored in the seeded order.
     expected = [REVIEWS[("train", "neg", 7, 1)], REVIEWS[("train", "pos", 2, 8)],
                 REVIEWS[("train", "pos", 10, 9)]]
-    assert train.labels.tolist() == [0, 1, 1]
-    for row, length, body in zip(train.tokens, train.lengths, expected, strict=True):
-        assert length == min(len(body), max_len)
-        assert row[:length].tolist() == byte_tokens(body[:max_len])
+    order = permutation(3, manifest["params"]["shuffle_seed"])
+    assert train.labels.tolist() == [[0, 1, 1][k] for k in order]
+    for row, length, k in zip(train.tokens, train.lengths, order, strict=True):
+        assert length == min(len(expected[k]), max_len)
+        assert row[:length].tolist() == byte_tokens(expected[k][:max_len])
     val, test = load_split(out, "val", manifest), load_split(out, "test", manifest)
-    assert np.array_equal(val.tokens, test.tokens) and test.labels.tolist() == [0, 1]
+    assert np.array_equal(val.tokens, test.tokens), "one test set, one order, as val and test"
+    assert sorted(test.labels.tolist()) == [0, 1]
 
 
 def test_imdb_archive_and_folder(tmp_path):
