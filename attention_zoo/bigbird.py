@@ -17,7 +17,7 @@ import math
 import torch
 
 from .blocks import from_blocks, gather_blocks, to_blocks
-from .masking import key_mask, masked_softmax, pad_to_multiple
+from .masking import key_mask, masked_softmax, pad_all_to_multiple
 from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
 
@@ -116,7 +116,7 @@ class BigBirdAttention(Attention):
         seq, d = q.shape[2], q.shape[3]
         b = self.options.block_size
         scale = 1.0 / math.sqrt(d)
-        (q, padded), (k, _), (v, _) = (pad_to_multiple(x, mask, b) for x in (q, k, v))
+        (q, k, v), padded = pad_all_to_multiple((q, k, v), mask, b)
         batch, heads, n = q.shape[:3]
         nb = n // b
         mask_blocks = to_blocks(padded, b, dim=-1)  # (batch, nb, b)

@@ -30,10 +30,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .blocks import from_blocks, neighbour_blocks, to_blocks
-from .masking import neg_inf, row_mask
+from .masking import neg_inf, pad_all_to_multiple, row_mask
 from .registry import Attention, AttentionError, register_attention
 
 
@@ -71,12 +70,6 @@ def level_attention(
     return from_blocks(num), from_blocks(den), from_blocks(row_max)
 
 
-def pad_length(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
-    """Zero-pad dim of x to a multiple of `multiple` (zeros are empty tokens: count 0)."""
-    extra = (-x.shape[dim]) % multiple
-    return F.pad(x, [0, 0] * (x.dim() - 1 - dim % x.dim()) + [0, extra])
-
-
 @dataclass
 class HTransformer1dOptions:
     block_size: int = 16
@@ -103,10 +96,9 @@ class HTransformer1dAttention(Attention):
         levels = []
         while True:
             top = -(-q.shape[2] // block) <= 2
-            # Pad to whole blocks, and to an even number of blocks when a coarser level follows.
-            multiple = block if top else 2 * block
-            q, k, v = (pad_length(x, multiple, dim=2) for x in (q, k, v))
-            count = pad_length(count, multiple, dim=1)
+            # Pad to whole blocks, and to an even number of blocks when a coarser level follows;
+            # the new positions are empty tokens (zero sums, count 0).
+            (q, k, v), count = pad_all_to_multiple((q, k, v), count, block if top else 2 * block)
             c = count.clamp_min(1)[:, None, :, None]
             levels.append(level_attention(q / c, k / c, v, count, block, coarse=bool(levels)))
             if top:

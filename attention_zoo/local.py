@@ -15,9 +15,9 @@ Used by Longformer (window plus global tokens) and Scatterbrain (exact window pl
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .blocks import neighbour_blocks, to_blocks
+from .blocks import neighbour_blocks
+from .masking import pad_to_multiple, row_mask
 
 # Each query block sees the keys of its previous, own and next block.
 PREV_OWN_NEXT = (-1, 0, 1)
@@ -31,22 +31,22 @@ class Band:
     """
 
     def __init__(self, mask: torch.Tensor, half_window: int):
+        self.mask = mask
         self.seq = mask.shape[1]
         self.block = max(1, min(half_window, self.seq))
-        mask = F.pad(mask, (0, (-self.seq) % self.block), value=False)
         offsets = torch.arange(3 * self.block, device=mask.device) - self.block
         rows = torch.arange(self.block, device=mask.device)
         # distance[i, j] = key position - query position, the same in every block.
         in_band = (offsets[None, :] - rows[:, None]).abs() <= half_window  # (block, 3 * block)
-        # Neighbour blocks beyond the input come back as 0 = not a real key.
-        key_real = neighbour_blocks(to_blocks(mask[:, :, None].to(torch.uint8), self.block),
-                                    PREV_OWN_NEXT, dim=-3)[..., 0].bool()
+        # The key mask as a one-feature tensor (batch, 1, seq, 1), padded and blocked like keys:
+        # padding and neighbour blocks beyond the input come back as 0 = not a real key.
+        key_real = self.key_blocks(self.pad(row_mask(mask).to(torch.uint8)))[..., 0].bool()
         # allowed: (batch, 1, nb, block, 3 * block)
-        self.allowed = in_band & key_real[:, None, :, None, :]
+        self.allowed = in_band & key_real[..., None, :]
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, heads, seq, f) -> (batch, heads, padded seq, f), zeros after the input."""
-        return F.pad(x, (0, 0, 0, (-self.seq) % self.block))
+        return pad_to_multiple(x, self.mask, self.block)[0]
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, :, : self.seq]

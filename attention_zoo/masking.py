@@ -5,6 +5,8 @@ Convention: `mask` is (batch, seq) bool with True for real tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -38,6 +40,18 @@ def pad_to_multiple(
     x = torch.nn.functional.pad(x, (0, 0, 0, extra))
     mask = torch.nn.functional.pad(mask, (0, extra), value=False)
     return x, mask
+
+
+def pad_all_to_multiple(
+    tensors: Sequence[torch.Tensor], mask: torch.Tensor, multiple: int
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`pad_to_multiple` for several tensors (batch, heads, seq, f) that share one mask.
+
+    Returns the padded tensors and the padded mask. `mask` may be any (batch, seq) tensor: its new
+    positions hold False (0 for a float count of real tokens).
+    """
+    padded = [pad_to_multiple(x, mask, multiple) for x in tensors]
+    return [x for x, _ in padded], padded[0][1]
 
 
 def neg_inf(dtype: torch.dtype) -> float:

@@ -34,7 +34,7 @@ from .blocks import (
     scatter_blocks,
     to_blocks,
 )
-from .masking import neg_inf, pad_to_multiple
+from .masking import neg_inf, pad_all_to_multiple
 from .registry import Attention, AttentionError, register_attention, require_ints
 
 
@@ -261,8 +261,7 @@ class MraAttention(Attention):
             q, k, v = (x[:, :, order] for x in (q, k, v))
             mask = mask[:, order]
         # Pad to a block multiple; the new positions are masked padding.
-        (q, padded), (k, _), (v, _) = (pad_to_multiple(x, mask, opts.block_size)
-                                       for x in (q, k, v))
+        (q, k, v), padded = pad_all_to_multiple((q, k, v), mask, opts.block_size)
         out = mra_attention(
             q, k, v, padded,
             block_size=opts.block_size,

@@ -24,7 +24,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .masking import neg_inf
+from .masking import neg_inf, pad_all_to_multiple
 from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
 
@@ -126,10 +126,7 @@ class ReformerAttention(Attention):
         # k is q (shared projection); keys are its unit-norm version.
         chunk = self.options.chunk_size
         seq, d = q.shape[2], q.shape[3]
-        extra = (-seq) % chunk
-        keys = F.normalize(q, dim=-1)
-        q, keys, v = (F.pad(x, (0, 0, 0, extra)) for x in (q, keys, v))
-        mask = F.pad(mask, (0, extra), value=False)
+        (q, keys, v), mask = pad_all_to_multiple((q, F.normalize(q, dim=-1), v), mask, chunk)
         n = q.shape[2]
 
         with torch.no_grad():
