@@ -1,8 +1,10 @@
 """Reformer: LSH attention with shared queries and keys (Kitaev et al., ICLR 2020).
 
 Queries and keys come from one projection; keys are the unit-norm queries, k_j = q_j / |q_j|,
-and the logits are q_i . k_j: the unit norm of the keys takes the place of the 1/sqrt(d) scale,
-as in the published implementations (trax, and the HuggingFace port the MRA comparison ran).
+and the logits are q_i . k_j, with no further 1/sqrt(d): this is trax's and the HuggingFace port's
+convention (the port the MRA comparison ran). Both write the key as an RMS normalisation followed
+by a division by sqrt(d), x / sqrt(mean(x^2)) / sqrt(d) = x / |x|, so the two steps together
+give exactly a unit key. (lucidrains' reformer_pytorch differs: unit keys and then dim^-0.5.)
 Each of num_hashes rounds:
   1. hashes every token with a random rotation R (d, B/2): bucket = argmax([x R; -x R]), so
      tokens at a small angle tend to share a bucket;

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from attention_zoo import build_attention
 from attention_zoo.reformer import SELF_LOGIT
@@ -29,9 +28,16 @@ def exact(q, k, v, mask):
     return make("softmax_naive", max_len=q.shape[2])(q, k, v, mask)
 
 
+def published_reformer_keys(q):
+    """The key of the HuggingFace port (`_len_and_dim_norm`, after trax): an RMS normalisation,
+    then a division by sqrt(d). The two together give the unit key q / |q| and nothing more, so
+    the published logits are q . q_j / |q_j| with no further 1/sqrt(d)."""
+    return q * torch.rsqrt((q * q).mean(dim=-1, keepdim=True)) / math.sqrt(q.shape[-1])
+
+
 def reformer_keys(q):
-    """Keys whose softmax_naive logits equal Reformer's q . q_j / |q_j| (no 1/sqrt(d) there)."""
-    return F.normalize(q, dim=-1) * math.sqrt(q.shape[-1])
+    """Keys whose softmax_naive logits (q . k / sqrt(d)) equal Reformer's q . q_j / |q_j|."""
+    return published_reformer_keys(q) * math.sqrt(q.shape[-1])
 
 
 # name -> (budget option, budgets from small to large, fixed options, input scale, seeds)
@@ -94,8 +100,8 @@ def test_full_budget_is_exact(name, options):
 
 
 def reformer_dense(q, v, mask):
-    """Reformer's logits over every key, with the self rule: the exact limit of one chunk."""
-    logits = q @ F.normalize(q, dim=-1).transpose(-1, -2)
+    """The published logits over every key, with the self rule: the exact limit of one chunk."""
+    logits = q @ published_reformer_keys(q).transpose(-1, -2)
     logits = logits.masked_fill(torch.eye(q.shape[2], dtype=torch.bool), SELF_LOGIT)
     logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)
     return torch.softmax(logits, dim=-1) @ v * mask[:, None, :, None]
