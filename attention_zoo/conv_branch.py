@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .masking import row_mask
-from .registry import AttentionError
+from .registry import AttentionError, require_ints
 
 
 class ConvBranch(nn.Module):
@@ -54,9 +54,11 @@ class ConvOptions:
         base = getattr(super(), "validate", None)
         if base is not None:
             base()
-        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+        name = type(self).__name__
+        require_ints(name, self, conv_kernel=1)
+        if self.conv_kernel % 2 == 0:
             raise AttentionError(
-                f"conv_kernel must be a positive odd int (output length = input length), "
+                f"{name}: conv_kernel must be odd (output length = input length), "
                 f"got {self.conv_kernel}"
             )
 

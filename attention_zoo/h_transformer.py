@@ -33,7 +33,7 @@ import torch
 
 from .blocks import from_blocks, neighbour_blocks, to_blocks
 from .masking import neg_inf, pad_all_to_multiple, row_mask
-from .registry import Attention, AttentionError, register_attention
+from .registry import Attention, AttentionError, register_attention, require_ints
 
 
 def level_pattern(block: int, offsets: tuple[int, ...], coarse: bool, device) -> torch.Tensor:
@@ -75,10 +75,11 @@ class HTransformer1dOptions:
     block_size: int = 16
 
     def validate(self) -> None:
-        if self.block_size < 2 or self.block_size % 2:
+        require_ints("h_transformer_1d", self, block_size=2)
+        if self.block_size % 2:
             raise AttentionError(
-                "h_transformer_1d: block_size must be even and >= 2 (a coarse block is two finer "
-                f"blocks), got {self.block_size}"
+                "h_transformer_1d: block_size must be even (a coarse block is two finer blocks), "
+                f"got {self.block_size}"
             )
 
 

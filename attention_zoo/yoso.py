@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .masking import row_mask
-from .registry import Attention, AttentionError, register_attention
+from .registry import Attention, AttentionError, register_attention, require_ints
 
 # Most table entries (fp32 values) one chunk of the weighted backward may allocate (256 MiB).
 TABLE_BUDGET = 2**26
@@ -145,13 +145,10 @@ class YosoOptions:
     seed: int | None = None  # None: drawn from the global RNG at construction
 
     def validate(self) -> None:
-        if self.num_hash < 1 or not 1 <= self.tau <= 24:
-            raise AttentionError(
-                f"yoso: num_hash must be >= 1 and tau in 1..24 (2^tau buckets), got "
-                f"{self.num_hash} and {self.tau}"
-            )
-        if self.tau_slack is not None and self.tau_slack < 0:
-            raise AttentionError(f"yoso: tau_slack must be >= 0 or None, got {self.tau_slack}")
+        require_ints("yoso", self, nullable=("tau_slack", "seed"), num_hash=1, tau=1,
+                     tau_slack=0, seed=0)
+        if self.tau > 24:
+            raise AttentionError(f"yoso: tau must be <= 24 (2^tau buckets), got {self.tau}")
 
 
 @register_attention("yoso", YosoOptions)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from attention_zoo import build_attention
+from attention_zoo import AttentionError, build_attention
 from attention_zoo.conv_branch import ConvBranch
 from attention_zoo.pinv import newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
@@ -96,6 +96,28 @@ def test_conv_branch_ignores_padded_values():
     junk = torch.where(mask[:, None, :, None], v, 1e6 * torch.randn(v.shape, generator=gen))
     junk[2, :, -1] = float("inf")
     torch.testing.assert_close(branch(junk, mask), branch(v, mask), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize("name, option, value", [
+    ("yoso", "tau", 10.5), ("yoso", "tau", True), ("yoso", "tau", 0), ("yoso", "tau", 25),
+    ("yoso", "num_hash", 2.5), ("yoso", "num_hash", -1), ("yoso", "tau_slack", 1.5),
+    ("yoso", "tau_slack", -1), ("yoso", "seed", 1.0), ("yoso", "seed", -1),
+    ("yoso_conv", "conv_kernel", 33.0),
+    ("h_transformer_1d", "block_size", 16.0), ("h_transformer_1d", "block_size", True),
+    ("h_transformer_1d", "block_size", -2), ("h_transformer_1d", "block_size", 15),
+    ("nystrom", "num_landmarks", 64.0), ("nystrom", "pinv_iterations", -1),
+    ("nystrom_conv", "conv_kernel", 33.0), ("nystrom_conv", "conv_kernel", False),
+    ("nystrom_conv", "conv_kernel", -3), ("nystrom_conv", "conv_kernel", 32),
+    ("soft", "pinv_iterations", 2.5), ("soft_conv", "conv_kernel", 33.0),
+])
+def test_bad_option_values_are_rejected(name, option, value):
+    """Floats, bools, negatives and out-of-range ints fail at build time with the option named,
+    not later with a bare TypeError."""
+    with pytest.raises(AttentionError, match=option):
+        make(name, 64, **{option: value})
 
 
 # ---------------------------------------------------------------- padding shapes nothing
