@@ -30,13 +30,14 @@ Backward (LSHCumulation), following the paper's LSH backward (YOSO v1):
     that bound the table size.
 So q, k and v all get finite gradients, nonzero wherever some query-key pair collided.
 
-Randomness. The hyperplanes come from a torch.Generator owned by the module and seeded at
-construction (option `seed`, else one draw from the global RNG). Training: fresh hyperplanes from
-that generator on every call (a fresh sample per step, as the paper). Eval: the fixed hyperplanes
-drawn at construction (a persistent buffer, so a checkpoint keeps them), so eval output is
-deterministic. One set of hyperplanes per (head, round) is shared by the batch, so an example's
-output never depends on the rest of its batch. On CUDA the bucket sums use atomic adds, so their
-last bits may vary between runs.
+Randomness, addressed by draw number as in random_features.py. The module's seed is the option
+`seed`, else one draw from the global RNG at construction. Training: call t (t = 1, 2, ...) draws
+fresh hyperplanes from `generator(seed, t)` (a fresh sample per step, as the paper). Eval: the
+fixed hyperplanes of draw 0 (a persistent buffer), so eval output is deterministic. The seed and
+the training-call count are extra state, so a run resumed from a checkpoint draws what the
+uninterrupted run would have. One set of hyperplanes per (head, round) is shared by the batch, so
+an example's output never depends on the rest of its batch. On CUDA the bucket sums use atomic
+adds, so their last bits may vary between runs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .masking import row_mask
+from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
 
 # Most table entries (fp32 values) one chunk of the weighted backward may allocate (256 MiB).
@@ -159,17 +161,21 @@ class YosoAttention(Attention):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        seed = self.options.seed
-        if seed is None:
-            seed = int(torch.randint(2**62, ()))
-        self.generator = torch.Generator().manual_seed(seed)
-        self.register_buffer("eval_planes", self.draw_planes())
+        self.seed = module_seed(self.options.seed)
+        self.training_calls = 0
+        self.register_buffer("eval_planes", self.draw_planes(0))
 
-    def draw_planes(self) -> torch.Tensor:
-        """(heads, rounds, head_dim, tau) Gaussian hyperplanes from the module's generator."""
+    def get_extra_state(self):
+        return {"seed": self.seed, "training_calls": self.training_calls}
+
+    def set_extra_state(self, state):
+        self.seed, self.training_calls = state["seed"], state["training_calls"]
+
+    def draw_planes(self, draw: int) -> torch.Tensor:
+        """(heads, rounds, head_dim, tau) Gaussian hyperplanes of draw number `draw`."""
         opts = self.options
         return torch.randn(self.num_heads, opts.num_hash, self.head_dim, opts.tau,
-                           generator=self.generator)
+                           generator=generator(self.seed, draw))
 
     def example_bits(self, mask: torch.Tensor) -> torch.Tensor:
         """(batch,) hash bits per example: tau, capped at ceil(log2 L) + tau_slack."""
@@ -184,12 +190,17 @@ class YosoAttention(Attention):
 
     def _attend(self, q, k, v, mask):
         tau = self.options.tau
-        planes = self.draw_planes() if self.training else self.eval_planes
-        planes = planes.to(device=q.device, dtype=q.dtype)
+        if self.training:
+            self.training_calls += 1
+            planes = self.draw_planes(self.training_calls)
+        else:
+            planes = self.eval_planes
+        planes = planes.to(device=q.device, dtype=q.dtype)  # (heads, rounds, d, tau)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        bits = self.example_bits(mask)
+        bits = self.example_bits(mask)  # (batch,)
         # Keep each example's low `bits` bits; padded keys go to the trash bucket 2^tau.
-        low = ((1 << bits) - 1)[:, None, None]
+        low = ((1 << bits) - 1)[:, None, None]  # (batch, 1, 1), broadcasts over heads and seq
+        # q_codes, k_codes: (rounds, batch, heads, seq) in [0, 2^tau]
         q_codes = simhash_codes(q, planes) & low
         k_codes = (simhash_codes(k, planes) & low).masked_fill(~mask[:, None, :], 2**tau)
         v = torch.where(row_mask(mask), v, 0)

@@ -307,6 +307,30 @@ def test_yoso_gradients_finite_and_nonzero(name):
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_yoso_training_draws_resume_from_a_checkpoint():
+    """Training call t hashes with draw t of the module's seed; the seed and the call count are in
+    the state_dict, so a module resumed after N calls makes the uninterrupted run's call N + 1,
+    even when its own seed (drawn from the global RNG) differs."""
+    q, k, v = structured_qkv(1, HEADS, 128, DIM, seed=11)
+    mask = suffix_mask([128], 128)
+
+    def build():
+        return build_attention("yoso", num_heads=HEADS, head_dim=DIM, max_seq_len=128).train()
+
+    torch.manual_seed(1)
+    run = build()
+    for _ in range(3):
+        run(q, k, v, mask)
+    torch.manual_seed(2)
+    resumed = build()
+    fresh_first = resumed(q, k, v, mask)
+    resumed.load_state_dict(run.state_dict())
+    out = resumed(q, k, v, mask)
+    torch.testing.assert_close(out, run(q, k, v, mask), rtol=0, atol=0)
+    assert not torch.equal(out, fresh_first)
+    assert not torch.equal(out, run(q, k, v, mask))  # call 5 draws afresh
+
+
 def test_yoso_hashes_fixed_at_eval_redrawn_in_training():
     attn = make("yoso", 256)
     q, k, v = structured_qkv(1, HEADS, 256, DIM, seed=10)
