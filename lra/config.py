@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,7 @@ CHOICES = {
     "logger.name": ("none", "wandb"),
     "data.name": ("mini", "lra"),
     "data.pad_to": ("max", "batch"),
+    "logger.mode": (None, "online", "offline"),
 }
 POSITIVE = ("task.num_classes", "task.max_len", "trainer.max_steps", "trainer.batch_size",
             "trainer.eval_every", "trainer.lr", "trainer.eps", "model.dim", "model.num_layers",
@@ -115,7 +117,8 @@ def load_config(raw: DictConfig) -> Config:
         raise ConfigError(str(err).strip()) from None
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(allowed)}")
+            choices = ', '.join('null' if a is None else a for a in allowed)
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {choices}")
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be > 0")
@@ -126,18 +129,30 @@ def load_config(raw: DictConfig) -> Config:
         raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
     if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
         raise ConfigError(f"trainer.betas={cfg.trainer.betas!r} must be two numbers in [0, 1)")
-    if cfg.trainer.eval_batches is not None and cfg.trainer.eval_batches < 1:
-        raise ConfigError(f"trainer.eval_batches={cfg.trainer.eval_batches!r} must be >= 1 "
-                          "or null")
+    for key in ("trainer.eval_batches", "trainer.num_threads"):
+        value = _get(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value!r} must be >= 1 or null")
     try:
         make_options(cfg.attention.name, **cfg.attention.options)
     except AttentionError as err:
         raise ConfigError(f"attention: {err}") from None
+    grid = cfg.attention.options.get("input_shape")
+    if grid is not None:
+        # A 2-D token order (MRA on images) must tile exactly the tokens the encoder passes.
+        if cfg.model.pooling == "cls":
+            raise ConfigError(f"attention.options.input_shape={list(grid)} needs "
+                              "model.pooling=mean: a CLS token would not fit the grid")
+        if math.prod(grid) != cfg.task.max_len:
+            raise ConfigError(f"attention.options.input_shape={list(grid)} holds "
+                              f"{math.prod(grid)} tokens but task.max_len={cfg.task.max_len}")
     return cfg
 
 
-def fingerprint(cfg: Config) -> str:
-    """A short hash of everything that changes what a run computes (names its run folder)."""
+def fingerprint(cfg: Config, data_digest: str) -> str:
+    """A short hash of everything that changes what a run computes (names its run folder): the
+    settings, and the prepared data itself (`lra.data.manifest_digest`), so rebuilding a task
+    differently never reuses an old run's results."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     for key in NOT_FINGERPRINTED:
         *parents, leaf = key.split(".")
@@ -145,5 +160,6 @@ def fingerprint(cfg: Config) -> str:
         for part in parents:
             node = node[part]
         node.pop(leaf, None)
+    tree["data_digest"] = data_digest
     blob = json.dumps(tree, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:8]

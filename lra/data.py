@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,21 +71,22 @@ class TaskData:
 
     def train_loader(self, batches: torch.utils.data.Sampler, cfg: DataConfig) -> DataLoader:
         """Training batches from a batch sampler (`lra.distributed.StepBatches`)."""
-        return DataLoader(self.splits["train"], batch_sampler=batches,
-                          num_workers=cfg.num_workers, collate_fn=self.collate(cfg))
+        return self._loader("train", cfg, batch_sampler=batches)
 
     def eval_loader(self, split: str, batch_size: int, sampler: torch.utils.data.Sampler,
                     cfg: DataConfig) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=batch_size, sampler=sampler,
-                          num_workers=cfg.num_workers, collate_fn=self.collate(cfg))
+        return self._loader(split, cfg, batch_size=batch_size, sampler=sampler)
 
-    @staticmethod
-    def collate(cfg: DataConfig) -> Collate:
-        return Collate(cfg.pad_to, cfg.mask_zero_tokens_as_padding)
+    def _loader(self, split: str, cfg: DataConfig, **kwargs) -> DataLoader:
+        # An own generator: a DataLoader otherwise draws its workers' base seed from the global
+        # RNG when iterated, which would shift dropout after a resume.
+        return DataLoader(self.splits[split], num_workers=cfg.num_workers,
+                          collate_fn=Collate(cfg.pad_to, cfg.mask_zero_tokens_as_padding),
+                          generator=torch.Generator().manual_seed(0), **kwargs)
 
 
-def load_task_data(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> TaskData:
-    """Load the cache of `task`, building a missing mini task first when allowed.
+def prepare_manifest(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of `task`'s cache, building a missing mini task first when allowed.
 
     `expect` holds what the task config says (num_classes, pair, max_len): a manifest that
     disagrees is rejected with both values named, never silently used.
@@ -106,6 +109,22 @@ def load_task_data(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> Tas
     if manifest["max_len"] > expect["max_len"]:
         raise DataError(f"{source} holds sequences of up to {manifest['max_len']} tokens but "
                         f"task.max_len={expect['max_len']}; raise task.max_len")
+    for name in ("train", "val", "test"):
+        if manifest["splits"].get(name, {}).get("size", 0) == 0:
+            raise DataError(f"{source}: split {name!r} is missing or empty; rebuild the data")
+    return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """What identifies the prepared data: source, build settings and every array's checksum."""
+    keep = {k: manifest[k] for k in ("task", "source", "mini", "max_len", "params")}
+    keep["sha256"] = {name: split["sha256"] for name, split in manifest["splits"].items()}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_task_data(task: str, cfg: DataConfig, manifest: dict[str, Any]) -> TaskData:
+    """Memory-map the splits described by `manifest` (checksums verified unless disabled)."""
+    task_dir = Path(cfg.root) / task
     splits = {name: TaskDataset(load_split(task_dir, name, manifest,
                                            verify=cfg.verify_checksums, data=cfg.name))
               for name in ("train", "val", "test")}

@@ -48,9 +48,26 @@ def init_from_env(use_cuda: bool) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
+    local_rank = int(os.environ["LOCAL_RANK"])
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Dist(rank=dist.get_rank(), world=world, local_rank=int(os.environ["LOCAL_RANK"]))
+        if use_cuda:
+            # Bind this process to its GPU first: collectives otherwise run on cuda:0 for every
+            # rank (and may hang).
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
+    return Dist(rank=dist.get_rank(), world=world, local_rank=local_rank)
+
+
+def reseed(seed: int, rank: int, step: int) -> None:
+    """Seed torch's RNG (dropout, on CPU and CUDA) from (seed, rank, step).
+
+    Called at step 0 and after every checkpoint, so a run resumed from a checkpoint continues
+    with exactly the random stream it would have had, with no RNG state to save; each rank draws
+    its own dropout masks.
+    """
+    torch.manual_seed(hash((seed, rank, step)) % 2**63)
 
 
 def shutdown() -> None:
@@ -61,14 +78,15 @@ def shutdown() -> None:
 class StepBatches(torch.utils.data.Sampler):
     """Index batches for this rank, from global batch `start_step` on, forever.
 
-    n: dataset size; global_batch: examples per optimiser step over all ranks (a multiple of
-    world). Epochs drop their last partial batch so every step has a full global batch.
+    n: dataset size, at least global_batch; global_batch: examples per optimiser step over all
+    ranks (a multiple of world). Epochs drop their last partial batch so every step has a full
+    global batch.
     """
 
     def __init__(self, n: int, global_batch: int, seed: int, start_step: int, d: Dist):
         self.n, self.global_batch, self.seed = n, global_batch, seed
         self.start_step, self.d = start_step, d
-        self.per_epoch = max(1, n // global_batch)
+        self.per_epoch = n // global_batch
 
     def __iter__(self):
         step = self.start_step
@@ -82,10 +100,17 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 class Shard(torch.utils.data.Sampler):
-    """This rank's share of an evaluation split: indices rank, rank + world, ..."""
+    """This rank's share of an evaluation split: indices rank, rank + world, ... of the split,
+    or, with `limit`, of a fixed random subset of `limit` examples (seeded, so every evaluation
+    and every number of processes sees the same subset, whatever order the split is stored in).
+    """
 
-    def __init__(self, n: int, d: Dist):
-        self.indices = list(range(d.rank, n, d.world))
+    def __init__(self, n: int, d: Dist, limit: int | None = None, seed: int = 0):
+        indices = range(n)
+        if limit is not None and limit < n:
+            gen = torch.Generator().manual_seed(seed)
+            indices = torch.randperm(n, generator=gen)[:limit].sort().values.tolist()
+        self.indices = list(indices)[d.rank::d.world]
 
     def __iter__(self):
         return iter(self.indices)

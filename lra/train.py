@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import sys
@@ -32,11 +31,12 @@ from attention_zoo import AttentionError
 from data_prep.cache import DataError
 
 from . import distributed
+from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
-from .data import TaskData, load_task_data
+from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .memory import PeakMemory
 from .model import Classifier
-from .results import append_jsonl, atomic_write_text, check_summary, write_json
+from .results import append_jsonl, check_summary, write_json
 
 log = logging.getLogger("lra.train")
 
@@ -70,9 +70,7 @@ def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 class Logger:
@@ -112,15 +110,16 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, split: str, max_batches: int | None = None
                  ) -> float:
-        dataset = self.data.splits[split]
-        loader = self.data.eval_loader(split, self.cfg.trainer.batch_size,
-                                       distributed.Shard(len(dataset), self.d), self.cfg.data)
+        """Accuracy on `split`; with max_batches, on a fixed random subset of that many global
+        batches."""
+        batch = self.cfg.trainer.batch_size
+        limit = None if max_batches is None else max_batches * batch
+        shard = distributed.Shard(len(self.data.splits[split]), self.d, limit, self.cfg.seed)
+        loader = self.data.eval_loader(split, batch // self.d.world, shard, self.cfg.data)
         was_training = model.training
         model.eval()
         correct = total = 0
-        for i, (tokens, mask, labels) in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
+        for tokens, mask, labels in loader:
             tokens, mask, labels = (t.to(self.device) for t in (tokens, mask, labels))
             with self.autocast():
                 logits = model(tokens, mask)
@@ -131,40 +130,45 @@ class Evaluator:
         return correct / max(total, 1)
 
 
-def run_folder(cfg: Config) -> tuple[str, Path]:
+def run_folder(cfg: Config, data_digest: str) -> tuple[str, Path]:
     name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
-    return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / f"{name}-{fingerprint(cfg)}"
+    folder = f"{name}-{fingerprint(cfg, data_digest)}"
+    return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / folder
 
 
 def train(cfg: Config) -> dict[str, Any]:
     """Run one training job end to end and return its summary."""
     tc = cfg.trainer
-    run_name, run_dir = run_folder(cfg)
+    d = distributed.init_from_env(use_cuda=tc.device != "cpu" and torch.cuda.is_available())
+    device = pick_device(tc.device, d.local_rank)
+    expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
+              "max_len": cfg.task.max_len}
+    if d.main:  # build a missing mini task once, before the other processes read it
+        prepare_manifest(cfg.task.name, cfg.data, expect=expect)
+    d.barrier()
+    manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
+    run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
     summary_path = run_dir / "summary.json"
     if tc.resume and summary_path.exists():
         log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
+        distributed.shutdown()
         return json.loads(summary_path.read_text())
-
-    d = distributed.init_from_env(use_cuda=tc.device != "cpu" and torch.cuda.is_available())
-    device = pick_device(tc.device, d.local_rank)
-    if tc.batch_size % d.world:
+    train_size = manifest["splits"]["train"]["size"]
+    if tc.batch_size % d.world or tc.batch_size > train_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
-                          f"multiple of the {d.world} processes")
+                          f"multiple of the {d.world} process(es) and at most the "
+                          f"{train_size} training examples")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         log.info("run folder: %s", run_dir)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    seed_everything(cfg.seed)
-    expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
-              "max_len": cfg.task.max_len}
-    if d.main:  # build a missing mini task once, before the other processes read it
-        load_task_data(cfg.task.name, cfg.data, expect=expect)
-    d.barrier()
-    data = load_task_data(cfg.task.name, cfg.data, expect=expect)
+    data = load_task_data(cfg.task.name, cfg.data, manifest)
 
-    model = build_model(cfg, data.manifest).to(device)
+    # The model (and any random features, hashes or blocks it draws) is the same on every rank.
+    seed_everything(cfg.seed)
+    model = build_model(cfg, manifest).to(device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                   eps=tc.eps, weight_decay=tc.weight_decay)
@@ -184,7 +188,9 @@ def train(cfg: Config) -> dict[str, Any]:
             return nullcontext()
         return torch.autocast(device_type="cuda", dtype=amp_dtype)
 
+    # Progress and the measurements of the whole run (kept in last.pt across resumes).
     step, best_dev = 0, -1.0
+    totals = {"train_time": 0.0, "timed_steps": 0, "real_tokens": 0, "peak_memory_mb": 0.0}
     metrics_path, last_path, best_path = (run_dir / n for n in ("metrics.jsonl", "last.pt",
                                                                  "best.pt"))
     if tc.resume and last_path.exists():
@@ -193,22 +199,30 @@ def train(cfg: Config) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        step, best_dev = state["step"], state["best_dev"]
-        torch.set_rng_state(state["torch_rng"])
+        step, totals = state["step"], state["totals"]
+        # best.pt is written before last.pt, so it holds the best dev accuracy seen so far.
+        best_dev = torch.load(best_path, map_location="cpu")["dev_accuracy"]
+        if d.main:  # evaluations after the checkpoint are redone: drop their lines
+            lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+            kept = [x for x in lines if json.loads(x)["step"] <= step]
+            atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
         log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
     elif d.main and metrics_path.exists():
         metrics_path.unlink()  # a fresh start owns its metrics log
+    distributed.reseed(cfg.seed, d.rank, step)
 
     # DDP averages gradients over processes; evaluation and checkpoints use the plain module.
-    ddp = DistributedDataParallel(model) if d.world > 1 else model
-    batches = distributed.StepBatches(len(data.splits["train"]), tc.batch_size, cfg.seed, step, d)
+    ddp = model
+    if d.world > 1:
+        ddp = DistributedDataParallel(model, device_ids=[d.local_rank]
+                                      if device.type == "cuda" else None)
+    batches = distributed.StepBatches(train_size, tc.batch_size, cfg.seed, step, d)
     train_batches = iter(data.train_loader(batches, cfg.data))
     evaluate = Evaluator(data, cfg, d, device, autocast)
     logger = Logger(cfg, run_name, run_dir, enabled=d.main)
 
     memory = PeakMemory(device)
     memory.start()
-    train_time, real_tokens, timed_steps = 0.0, 0, 0
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
                disable=not (tc.progress and d.main), dynamic_ncols=True)
@@ -229,50 +243,52 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - start
-        timed_steps += 1
-        real_tokens += int(mask.sum())
+        totals["train_time"] += time.perf_counter() - start
+        totals["timed_steps"] += 1
+        totals["real_tokens"] += int(mask.sum())
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
 
         if step % tc.eval_every == 0 or step == tc.max_steps:
             dev_acc = evaluate(model, "val", tc.eval_batches)
-            improved = dev_acc > best_dev
-            best_dev = max(best_dev, dev_acc)
+            totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
             if d.main:
                 record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                           "dev_accuracy": dev_acc}
                 append_jsonl(metrics_path, record)
                 logger.log(record, step)
-                if improved:
-                    save_checkpoint(best_path, {"model": model.state_dict(), "step": step})
+                if dev_acc > best_dev:
+                    save_checkpoint(best_path, {"model": model.state_dict(), "step": step,
+                                                "dev_accuracy": dev_acc})
                 save_checkpoint(last_path, {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "step": step, "best_dev": best_dev, "torch_rng": torch.get_rng_state(),
+                    "step": step, "totals": totals,
                 })
+            best_dev = max(best_dev, dev_acc)
             d.barrier()
+            distributed.reseed(cfg.seed, d.rank, step)
     bar.close()
 
-    peak_memory_mb = memory.peak_mb()
     model.load_state_dict(torch.load(best_path, map_location=device)["model"])
     test_acc = evaluate(model, "test")
-    [real_tokens] = d.sum([real_tokens], device)
+    [real_tokens] = d.sum([totals["real_tokens"]], device)
     train_labels = np.asarray(data.splits["train"].split.labels)
     test_labels = np.asarray(data.splits["test"].split.labels)
     majority = int(np.bincount(train_labels).argmax())
+    train_time = totals["train_time"]
     summary = {
         "task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
-        "device": str(device), "data": cfg.data.name, "mini": bool(data.manifest["mini"]),
+        "device": str(device), "data": cfg.data.name, "mini": bool(manifest["mini"]),
         "params": params, "steps": step, "best_dev_accuracy": best_dev,
         "test_accuracy": test_acc, "majority_accuracy": float(np.mean(test_labels == majority)),
-        "peak_memory_mb": peak_memory_mb,
-        "step_time_ms": 1000 * train_time / max(timed_steps, 1),
-        "tokens_per_s": real_tokens / train_time if train_time > 0 else math.nan,
+        "peak_memory_mb": totals["peak_memory_mb"],
+        "step_time_ms": 1000 * train_time / max(totals["timed_steps"], 1),
+        "tokens_per_s": real_tokens / train_time if train_time > 0 else None,
         "peak_memory_kind": memory.kind + " (per process)",
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
-        "tag": cfg.tag, "run_dir": str(run_dir),
+        "data_digest": manifest_digest(manifest), "tag": cfg.tag, "run_dir": str(run_dir),
     }
     check_summary(summary)
     if d.main:

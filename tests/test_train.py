@@ -37,25 +37,47 @@ def test_run_writes_config_metrics_and_summary_schema(tiny_data_root, tmp_path):
     assert (run_dir / "config.yaml").exists() and (run_dir / "best.pt").exists()
 
 
-def test_rerun_skips_finished_run_and_resumes_from_checkpoint(tiny_data_root, tmp_path):
+def test_rerun_skips_a_finished_run(tiny_data_root, tmp_path):
     args = tiny(tiny_data_root, tmp_path, "trainer.max_steps=4", "trainer.eval_every=2")
     run_train(*args)
-    [first] = summaries(tmp_path)
     proc = run_train(*args)
     assert "already complete" in proc.stderr + proc.stdout
-    # Simulate a run killed after its step-2 checkpoint: drop the summary and the last line.
-    run_dir = first["dir"]
-    (run_dir / "summary.json").unlink()
+    assert len(summaries(tmp_path)) == 1
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_data_root, tmp_path):
+    """SIGKILL a run after its first checkpoint, rerun the command: the metrics, the best model
+    and the summary's accuracies equal those of a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
     import torch
 
-    state = torch.load(run_dir / "last.pt", weights_only=False)
-    assert state["step"] == 4
-    state["step"] = 2
-    torch.save(state, run_dir / "last.pt")
-    proc = run_train(*args)
-    assert "resumed" in proc.stderr + proc.stdout
-    [second] = summaries(tmp_path)
-    assert second["steps"] == 4
+    steps = ("trainer.max_steps=120", "trainer.eval_every=5")
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    run_train(*tiny(tiny_data_root, whole, *steps))
+    args = [sys.executable, "-m", "lra.train", *tiny(tiny_data_root, killed, *steps)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(killed.rglob("last.pt")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [run_dir] = [p.parent for p in killed.rglob("last.pt")]
+    assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
+    resumed = run_train(*tiny(tiny_data_root, killed, *steps))
+    assert "resumed" in resumed.stderr + resumed.stdout
+    [a], [b] = summaries(whole), summaries(killed)
+    assert (a["dir"] / "metrics.jsonl").read_text() == (b["dir"] / "metrics.jsonl").read_text()
+    for key in ("steps", "best_dev_accuracy", "test_accuracy"):
+        assert a[key] == b[key], key
+    best_a, best_b = (torch.load(x["dir"] / "best.pt") for x in (a, b))
+    assert best_a["step"] == best_b["step"]
+    for name, tensor in best_a["model"].items():
+        assert torch.equal(tensor, best_b["model"][name]), name
 
 
 def test_multirun_sweeps_two_attentions(tiny_data_root, tmp_path):
@@ -70,9 +92,13 @@ def test_multirun_sweeps_two_attentions(tiny_data_root, tmp_path):
     ("model.pooling=max", "model.pooling='max'"),
     ("+attention.options.window=3", "no option"),
     ("trainer.max_stepz=3", "max_stepz"),
+    ("trainer.num_threads=0", "trainer.num_threads=0"),
+    ("logger=wandb logger.mode=sometimes", "logger.mode='sometimes'"),
+    ("task=image attention=mra2 model.pooling=cls", "input_shape"),
+    ("task=image attention=mra2 task.max_len=2048", "task.max_len=2048"),
 ])
 def test_bad_config_fails_with_the_key_named(tmp_path, override, message):
-    proc = run_train(override, "trainer.progress=false", f"runs_dir={tmp_path}/runs",
+    proc = run_train(*override.split(), "trainer.progress=false", f"runs_dir={tmp_path}/runs",
                      "hydra.run.dir=" + str(tmp_path / "hydra"), check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
@@ -94,8 +120,8 @@ def test_torchrun_two_processes(tiny_data_root, tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           "--master_port=29533", "-m", "lra.train", "trainer.max_steps=4",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "lra.train", "trainer.max_steps=4",
            "trainer.eval_every=2", *tiny(tiny_data_root, tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path.parents[0], env=env, capture_output=True,
@@ -105,3 +131,22 @@ def test_torchrun_two_processes(tiny_data_root, tmp_path):
     assert summary["world_size"] == 2 and summary["steps"] == 4
     lines = (summary["dir"] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [2, 4]
+
+
+def test_rebuilt_data_is_a_new_run_not_a_skip(tmp_path):
+    """The run folder's fingerprint covers the prepared data: rebuilding it differently reruns."""
+    from data_prep import listops
+
+    def build(seed):
+        listops.build_generated(tmp_path / "data" / "listops",
+                                sizes={"train": 48, "val": 16, "test": 16}, seed=seed,
+                                max_depth=4, max_args=4, min_length=4, max_length=64, mini=True,
+                                progress=False)
+
+    args = tiny(tmp_path / "data", tmp_path, "trainer.max_steps=2")
+    build(seed=1)
+    run_train(*args)
+    build(seed=2)
+    proc = run_train(*args)
+    assert "already complete" not in proc.stderr + proc.stdout
+    assert len({s["data_digest"] for s in summaries(tmp_path)}) == 2
