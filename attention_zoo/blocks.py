@@ -149,8 +149,12 @@ def block_sparse_matmul(
 
 def neighbour_blocks(x: torch.Tensor, offsets: tuple[int, ...], dim: int) -> torch.Tensor:
     """Blocks I + o for o in offsets, side by side: x (..., nb, b, *rest) with the block index at
-    `dim` -> (..., nb, len(offsets) * b, *rest). Blocks outside the sequence are zeros."""
+    `dim` (negative counts from the end) -> (..., nb, len(offsets) * b, *rest). Blocks outside
+    the sequence are zeros."""
+    dim = dim % x.dim()
+    if dim == x.dim() - 1:
+        raise ValueError(f"dim {dim} is the last dim of a {x.dim()}-d tensor: the block index "
+                         "must be followed by the position inside the block")
     nb = x.shape[dim]
-    pad = [0, 0] * (x.dim() - 1 - dim % x.dim()) + [1, 1]
-    x = F.pad(x, pad)
+    x = F.pad(x, [0, 0] * (x.dim() - 1 - dim) + [1, 1])
     return torch.cat([x.narrow(dim, 1 + o, nb) for o in offsets], dim=dim + 1)

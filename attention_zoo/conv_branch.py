@@ -8,7 +8,7 @@ head_dim channels. v is masked first, so padding content never leaks into real o
 A "+Conv" variant is declared once per method with the two mixins below:
 
     @dataclass
-    class NystromConvOptions(ConvOptions, NystromOptions):
+    class NystromConvOptions(ConvOptions, LandmarkOptions):
         pass
 
     @register_attention("nystrom_conv", NystromConvOptions)

@@ -19,7 +19,8 @@ from .registry import require_ints
 
 @dataclass
 class LandmarkOptions:
-    """Options shared by the landmark methods (Nystromformer, SOFT)."""
+    """Options shared by the landmark methods, and Nystromformer's options as they stand (6
+    pseudo-inverse steps, the paper's); SOFT overrides the steps."""
 
     num_landmarks: int = 64
     pinv_iterations: int = 6

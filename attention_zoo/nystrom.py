@@ -25,12 +25,7 @@ from .pinv import masked_pinv
 from .registry import Attention, register_attention
 
 
-@dataclass
-class NystromOptions(LandmarkOptions):
-    pinv_iterations: int = 6
-
-
-@register_attention("nystrom", NystromOptions)
+@register_attention("nystrom", LandmarkOptions)
 class NystromAttention(Attention):
     """Nystrom approximation of softmax attention with masked segment-mean landmarks.
 
@@ -57,7 +52,7 @@ class NystromAttention(Attention):
 
 
 @dataclass
-class NystromConvOptions(ConvOptions, NystromOptions):
+class NystromConvOptions(ConvOptions, LandmarkOptions):
     pass
 
 

@@ -1,5 +1,6 @@
 """Landmark, hierarchical and hashing baselines: Nystrom, SOFT, YOSO, H-Transformer-1D, and their
-shared steps (pseudo-inverse, segment landmarks, conv branch). `pytest -s` prints measured errors.
+shared steps (pseudo-inverse, segment landmarks, conv branch, neighbour blocks), and option checks.
+`pytest -s` prints measured errors.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from attention_zoo import AttentionError, build_attention
+from attention_zoo.blocks import neighbour_blocks
 from attention_zoo.conv_branch import ConvBranch
 from attention_zoo.pinv import newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
@@ -194,6 +196,21 @@ def test_h_transformer_whole_sequence_block_is_exact(seq, block):
     err = relative_error(out, exact_softmax(q, k, v, mask), mask)
     print(f"\nh_transformer_1d seq {seq} block {block}: relative error {err:.1e}")
     assert err < 1e-12
+
+
+def test_neighbour_blocks_any_dim_spelling():
+    """The block index may be given counted from either end; it must have a block dim after it."""
+    x = torch.arange(2 * 4 * 3 * 5, dtype=torch.float64).view(2, 4, 3, 5)  # (lead, nb, b, f)
+    out = neighbour_blocks(x, (-1, 0, 1), dim=1)
+    torch.testing.assert_close(neighbour_blocks(x, (-1, 0, 1), dim=-3), out, rtol=0, atol=0)
+    assert out.shape == (2, 4, 9, 5)
+    torch.testing.assert_close(out[:, 2], torch.cat([x[:, 1], x[:, 2], x[:, 3]], dim=1))
+    assert (out[:, 0, :3] == 0).all() and (out[:, 3, 6:] == 0).all()  # beyond the sequence
+    mask_blocks = x[..., 0]  # (lead, nb, b): the block index two from the end
+    torch.testing.assert_close(neighbour_blocks(mask_blocks, (0, 1), dim=-2),
+                               neighbour_blocks(mask_blocks, (0, 1), dim=1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="last dim"):
+        neighbour_blocks(x, (0,), dim=-1)
 
 
 @pytest.mark.parametrize("seq, block", [(300, 4), (300, 16), (1000, 16), (33, 2)])
