@@ -9,6 +9,8 @@ over the target.
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import os
 import shutil
 import tempfile
@@ -47,22 +49,27 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it replaces `path` (an existing folder is
-    moved aside first and deleted only after the new one is in place); on failure it is removed
-    and `path` is untouched."""
+    moved aside first and deleted only after the new one is in place, so `path` is never missing
+    for longer than one rename); on failure it is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old",
-                                        dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        # Another builder may put its folder in place between our two renames: then move that
+        # one aside too and retry, so concurrent builders all finish and the last one wins.
+        for attempt in itertools.count():
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside / str(attempt))
+            try:
+                os.replace(tmp, path)
+                break
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
