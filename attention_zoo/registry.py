@@ -196,7 +196,7 @@ def build_attention(
     cls, _ = _lookup(name)
     for key, value in (("num_heads", num_heads), ("head_dim", head_dim),
                        ("max_seq_len", max_seq_len)):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AttentionError(f"attention {name!r}: {key} must be a positive int, got {value!r}")
     opts = make_options(name, **options)
     return cls(num_heads=num_heads, head_dim=head_dim, max_seq_len=max_seq_len, options=opts)
