@@ -141,16 +141,21 @@ def test_suffix_padding_equals_unpadded(name):
 # ---------------------------------------------------------------- Nystrom
 
 
-def test_nystrom_error_shrinks_with_landmarks():
+def errors_over_budget(name: str, option: str, budgets: tuple[int, ...]) -> list[float]:
+    """Relative error against exact softmax on structured float64 inputs (n = 256, one padded
+    example) for each budget, printed for `pytest -s`."""
     q, k, v = structured_qkv(2, HEADS, 256, DIM, seed=0, dtype=torch.float64)
     mask = suffix_mask([256, 200], 256)
     exact = exact_softmax(q, k, v, mask)
-    errors = []
-    for m in (8, 16, 32, 64, 128):
-        out = make("nystrom", 256, num_landmarks=m).double()(q, k, v, mask)
-        errors.append(relative_error(out, exact, mask))
-    print("\nnystrom relative error, landmarks 8/16/32/64/128 (6 pinv steps):",
-          " ".join(f"{e:.3f}" for e in errors))
+    errors = [relative_error(make(name, 256, **{option: b}).double()(q, k, v, mask), exact, mask)
+              for b in budgets]
+    print(f"\n{name} relative error, {option} {'/'.join(map(str, budgets))}:",
+          " ".join(f"{e:.4f}" for e in errors))
+    return errors
+
+
+def test_nystrom_error_shrinks_with_landmarks():
+    errors = errors_over_budget("nystrom", "num_landmarks", (8, 16, 32, 64, 128))
     assert all(b < a for a, b in zip(errors, errors[1:], strict=False))
     assert errors[-1] < errors[0] / 3
 
@@ -175,15 +180,7 @@ def test_nystrom_with_one_token_landmarks_is_exact():
 
 
 def test_h_transformer_error_shrinks_with_block():
-    q, k, v = structured_qkv(2, HEADS, 256, DIM, seed=0, dtype=torch.float64)
-    mask = suffix_mask([256, 200], 256)
-    exact = exact_softmax(q, k, v, mask)
-    errors = []
-    for block in (4, 8, 16, 32, 64):
-        out = make("h_transformer_1d", 256, block_size=block).double()(q, k, v, mask)
-        errors.append(relative_error(out, exact, mask))
-    print("\nh_transformer_1d relative error, block 4/8/16/32/64:",
-          " ".join(f"{e:.4f}" for e in errors))
+    errors = errors_over_budget("h_transformer_1d", "block_size", (4, 8, 16, 32, 64))
     assert all(b < a for a, b in zip(errors, errors[1:], strict=False))
 
 
