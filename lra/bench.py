@@ -133,14 +133,18 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name in sorted({r["attention"] for r in rows}):
+    names = sorted({r["attention"] for r in rows})
+    colours = plt.get_cmap("tab20")
+    for i, name in enumerate(names):
         pts = sorted((r["seq_len"], r) for r in rows if r["attention"] == name and "error" not in r)
         if not pts:
             continue
         xs = [p[0] for p in pts]
+        # The method of the paper and the exact baselines solid, the other baselines dashed.
         style = "-o" if name.startswith(("mra", "softmax")) else "--."
-        axes[0].plot(xs, [p[1]["fwd_bwd_ms"] for p in pts], style, label=name)
-        axes[1].plot(xs, [p[1]["peak_memory_mb"] for p in pts], style, label=name)
+        colour = colours(i % colours.N)
+        axes[0].plot(xs, [p[1]["fwd_bwd_ms"] for p in pts], style, label=name, color=colour)
+        axes[1].plot(xs, [p[1]["peak_memory_mb"] for p in pts], style, label=name, color=colour)
     for ax, ylabel in zip(axes, ("forward+backward (ms)", "peak memory (MB)"), strict=True):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
