@@ -130,6 +130,18 @@ class Evaluator:
         return correct / max(total, 1)
 
 
+def metrics_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def line_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut short by a kill counts as after any step."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
+
+
 def run_folder(cfg: Config, data_digest: str) -> tuple[str, Path]:
     name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
     folder = f"{name}-{fingerprint(cfg, data_digest)}"
@@ -203,9 +215,8 @@ def train(cfg: Config) -> dict[str, Any]:
         # best.pt is written before last.pt, so it holds the best dev accuracy seen so far.
         best_dev = torch.load(best_path, map_location="cpu")["dev_accuracy"]
         if d.main:  # evaluations after the checkpoint are redone: drop their lines
-            lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
-            kept = [x for x in lines if json.loads(x)["step"] <= step]
-            atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+            atomic_write_text(metrics_path, "".join(
+                line + "\n" for line in metrics_lines(metrics_path) if line_step(line) <= step))
         log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
     elif d.main and metrics_path.exists():
         metrics_path.unlink()  # a fresh start owns its metrics log
