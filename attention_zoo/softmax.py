@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .masking import key_mask, neg_inf
+from .masking import key_mask, masked_softmax
 from .registry import Attention, register_attention
 
 
@@ -39,7 +39,4 @@ class NaiveSoftmaxAttention(Attention):
     def _attend(self, q, k, v, mask):
         # logits: (batch, heads, seq_q, seq_k)
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        allowed = key_mask(_keys_for_empty_examples(mask))
-        logits = logits.masked_fill(~allowed, neg_inf(logits.dtype))
-        weights = torch.softmax(logits, dim=-1)
-        return weights @ v
+        return masked_softmax(logits, key_mask(mask)) @ v
