@@ -155,10 +155,11 @@ def train(cfg: Config) -> dict[str, Any]:
     device = pick_device(tc.device, d.local_rank)
     expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
               "max_len": cfg.task.max_len}
-    if d.main:  # build a missing mini task once, before the other processes read it
-        prepare_manifest(cfg.task.name, cfg.data, expect=expect)
+    # Rank 0 first: it builds a missing mini task once, before the other processes read it.
+    manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect) if d.main else None
     d.barrier()
-    manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
+    if manifest is None:
+        manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
     run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
     summary_path = run_dir / "summary.json"
     if tc.resume and summary_path.exists():
