@@ -9,7 +9,8 @@ tokens (nb = n / b blocks):
 MRA-2 uses the low-resolution coefficient wherever no exact block was chosen; MRA-2-s ("sparse")
 uses only the exact blocks, so a query block with no chosen pair outputs zero. Each query row is
 normalised over everything it sees: out = (hi + lo) / (rowsum_hi + rowsum_lo), never building the
-n x n matrix. Block machinery lives in `blocks.py`.
+n x n matrix. The exact blocks run in `kernels.block_sparse` (a fused C++ kernel on CPU, with a
+PyTorch reference), the block means and the low-resolution part here.
 
 Compared with the published code this takes any length (padding to a multiple of b internally),
 sizes the budget from each example's real length (so neither max_seq_len nor the batch's padding
@@ -25,17 +26,12 @@ from typing import ClassVar
 
 import torch
 
-from .blocks import (
-    block_means,
-    block_sparse_matmul,
-    from_blocks,
-    gather_blocks,
-    sampled_block_matmul,
-    scatter_blocks,
-    to_blocks,
-)
+import kernels
+from kernels.block_sparse import csr_from_pairs
+
+from .blocks import block_means
 from .masking import neg_inf, pad_all_to_multiple
-from .registry import Attention, AttentionError, register_attention, require_ints
+from .registry import Attention, AttentionError, check_backend, register_attention, require_ints
 
 
 @dataclasses.dataclass
@@ -52,6 +48,8 @@ class MraOptions:
     input_shape: optional [H, W] grid (H * W = sequence length). Tokens are reordered so that each
         block is a spatial patch (4 x 8 for b = 32; the most square factorisation of b that
         tiles the grid), and reordered back after attention.
+    backend: the kernel of the exact blocks (`kernels.block_sparse`): "auto" (the fastest that
+        loads: C++ on CPU), "cpp" or "reference"; a named backend that cannot load raises.
     """
 
     block_size: int = 32
@@ -59,10 +57,12 @@ class MraOptions:
     initial_prior_first_n_blocks: int = 0
     initial_prior_diagonal_n_blocks: int = 0
     input_shape: list[int] | None = None
+    backend: str = "auto"
 
     def validate(self) -> None:
         require_ints("mra", self, block_size=1, block_per_row=1, initial_prior_first_n_blocks=0,
                      initial_prior_diagonal_n_blocks=0)
+        check_backend("mra", self.backend)
         if self.input_shape is not None:
             grid = list(self.input_shape)
             if len(grid) != 2 or not all(
@@ -160,10 +160,12 @@ def mra_attention(
     approx_mode: str,
     first_n: int = 0,
     diagonal_n: int = 0,
+    impl=kernels.block_sparse.reference,
 ) -> torch.Tensor:
     """MRA-2 (approx_mode="full") or MRA-2-s ("sparse") attention.
 
     q, k, v: (batch, heads, seq, d) with seq a multiple of block_size; mask: (batch, seq) bool.
+    impl: a `kernels.block_sparse` backend (the module `kernels.resolve` returns).
     Returns (batch, heads, seq, d); rows with nothing to attend to (padding, or in sparse mode a
     query block with no chosen pair) are zero.
     """
@@ -190,45 +192,39 @@ def mra_attention(
     rows, cols = select_blocks(low_logits, valid, num_selected, first_n, diagonal_n)
     kept = torch.arange(num_selected, device=q.device) < budget[:, None, None]  # (batch, 1, K)
 
-    # High resolution: exact logits on the chosen pairs. logits: (batch, heads, K, b, b).
-    q_blocks, k_blocks = to_blocks(q, b), to_blocks(k, b)
-    logits = sampled_block_matmul(q_blocks, k_blocks, rows, cols) * scale
-    key_real = gather_blocks(to_blocks(mask, b, dim=-1)[:, None], cols)[..., None, :]
-    key_real = key_real & kept[..., None, None]  # (batch, heads, K, 1, b)
-    logits = logits.masked_fill(~key_real, floor)
-    # The exact max of each query row over all its chosen blocks; any shift cancels in the
-    # normalisation, so it carries no gradient. hi_max: (batch, heads, nb, b).
-    with torch.no_grad():
-        hi_max = scatter_blocks(logits.amax(dim=-1), rows, nb, reduce="amax", fill=floor)
-    # Masked logits sit at `floor` <= the max, so exp never overflows; the mask then zeroes them
-    # exactly, also in rows whose chosen blocks hold no real key at all.
-    weights = torch.exp(logits - gather_blocks(hi_max, rows)[..., None]) * key_real
-    # A ones column appended to v makes the last output column the row sum (the normaliser).
-    v_ones = torch.cat([v, v.new_ones(batch, heads, seq, 1)], dim=-1)
-    hi = block_sparse_matmul(weights, to_blocks(v_ones, b), rows, cols, nb)  # (.., nb, b, d + 1)
-
-    if approx_mode == "full":
-        # Low resolution for the pairs not chosen: chosen pairs are replaced, not added to.
-        chosen = torch.zeros(batch, heads, nb * nb, dtype=torch.bool, device=q.device)
-        chosen = chosen.scatter(-1, rows * nb + cols, kept.expand_as(rows))
-        chosen = chosen.view(batch, heads, nb, nb)
-        keep = valid & ~chosen
-        low_logits = low_logits.masked_fill(~keep, floor)
-        lo_max = low_logits.amax(dim=-1, keepdim=True).detach()  # (batch, heads, nb, 1)
-        # Each coefficient stands for every real token of its key block, hence the count.
-        lo_weights = torch.exp(low_logits - lo_max) * (keep * counts[:, None, None, :])
-        v_hat, _ = block_means(v_ones, mask, b)
-        lo = lo_weights @ v_hat  # (batch, heads, nb, d + 1)
-        # Merge the two parts at a common reference, log-sum-exp style.
-        top = torch.maximum(hi_max, lo_max)  # (batch, heads, nb, b)
-        hi = hi * torch.exp(hi_max - top)[..., None]
-        hi = hi + lo[:, :, :, None, :] * torch.exp(lo_max - top)[..., None]
-    elif approx_mode != "sparse":
+    # High resolution: one online softmax per query row over its chosen blocks' real keys
+    # (kernels.block_sparse; the (K, b, b) logits are never stored by the fused backends).
+    # out_hi: (batch, heads, seq, d) normalised over those keys; lse_hi: (batch, heads, seq).
+    row_offsets, col_index = csr_from_pairs(rows, cols, kept, nb)
+    out_hi, lse_hi = impl.attention(q, k, v, mask, row_offsets, col_index, block_size=b,
+                                    scale=scale)
+    if approx_mode == "sparse":
+        return out_hi
+    if approx_mode != "full":
         raise AttentionError(f"mra: approx_mode must be 'full' or 'sparse', got {approx_mode!r}")
 
-    numerator, normaliser = hi[..., :d], hi[..., d:]
-    out = numerator / torch.where(normaliser > 0, normaliser, torch.ones_like(normaliser))
-    return from_blocks(out)
+    # Low resolution for the pairs not chosen: chosen pairs are replaced, not added to.
+    chosen = torch.zeros(batch, heads, nb * nb, dtype=torch.bool, device=q.device)
+    chosen = chosen.scatter(-1, rows * nb + cols, kept.expand_as(rows)).view(batch, heads, nb, nb)
+    keep = valid & ~chosen
+    low_logits = low_logits.masked_fill(~keep, floor)
+    lo_max = low_logits.amax(dim=-1, keepdim=True).detach()  # (batch, heads, nb, 1)
+    # Each coefficient stands for every real token of its key block, hence the count.
+    lo_weights = torch.exp(low_logits - lo_max) * (keep * counts[:, None, None, :])
+    v_hat, _ = block_means(v, mask, b)
+    lo_numerator = lo_weights @ v_hat  # (batch, heads, nb, d)
+    lo_total = lo_weights.sum(dim=-1, keepdim=True)  # (batch, heads, nb, 1)
+
+    # Merge at a common reference, log-sum-exp style: the exact part's row sum is exp(lse_hi)
+    # (zero, at lse -inf, for a row with no chosen real key).
+    lse_hi = lse_hi.view(batch, heads, nb, b)
+    top = torch.maximum(lse_hi.detach(), lo_max)  # (batch, heads, nb, b)
+    w_hi, w_lo = torch.exp(lse_hi - top), torch.exp(lo_max - top)
+    numerator = out_hi.view(batch, heads, nb, b, d) * w_hi[..., None] \
+        + lo_numerator[:, :, :, None, :] * w_lo[..., None]
+    normaliser = w_hi + lo_total * w_lo
+    out = numerator / torch.where(normaliser > 0, normaliser, 1)[..., None]
+    return out.flatten(-3, -2)
 
 
 class MraAttention(Attention):
@@ -262,6 +258,7 @@ class MraAttention(Attention):
             mask = mask[:, order]
         # Pad to a block multiple; the new positions are masked padding.
         (q, k, v), padded = pad_all_to_multiple((q, k, v), mask, opts.block_size)
+        self.backend_in_use, impl = kernels.resolve("block_sparse", opts.backend, q.device)
         out = mra_attention(
             q, k, v, padded,
             block_size=opts.block_size,
@@ -269,6 +266,7 @@ class MraAttention(Attention):
             approx_mode=self.approx_mode,
             first_n=opts.initial_prior_first_n_blocks,
             diagonal_n=opts.initial_prior_diagonal_n_blocks,
+            impl=impl,
         )[:, :, :seq]
         if order is not None:
             out = out[:, :, torch.argsort(order)]

@@ -28,6 +28,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kernels.backend import BACKENDS
+
 
 class AttentionError(ValueError):
     """A wrong attention name, option or input. The message says what to change."""
@@ -129,6 +131,13 @@ def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             allowed = " or null" if key in nullable else ""
             raise AttentionError(f"{name}: {key} must be an int >= {low}{allowed}, got {value!r}")
+
+
+def check_backend(name: str, backend: str) -> None:
+    """For a kernel-backed attention's `validate`: `backend` is one of kernels.backend.BACKENDS."""
+    if backend not in BACKENDS:
+        raise AttentionError(f"{name}: backend must be one of {', '.join(BACKENDS)}, "
+                             f"got {backend!r}")
 
 
 _REGISTRY: dict[str, tuple[type[Attention], type]] = {}

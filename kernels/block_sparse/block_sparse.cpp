@@ -1,0 +1,346 @@
+// Block-sparse exact attention on the CPU: MRA's high-resolution blocks, fused.
+//
+// For one (batch*head) slice with nb blocks of b tokens and a CSR list of selected (row, col)
+// block pairs, every query row i of row block r attends to the real keys of its selected key
+// blocks with one online softmax:
+//     s_ij = scale * q_i . k_j,  lse_i = log sum_j exp(s_ij),  out_i = sum_j exp(s_ij - lse_i) v_j
+// The (K, b, b) logits are never stored: the forward keeps a running max and sum per row, the
+// backward recomputes each block's logits from q, k and lse (flash-attention style):
+//     P = exp(S - lse),  dP = dO V^T,  dS = P * (dP - (rowsum(dO * O) - dlse)),
+//     dQ = scale dS K,   dK = scale dS^T Q,   dV = P^T dO.
+// A row with no real key gets out = 0 and lse = -inf.
+//
+// Threads: the forward runs OpenMP over (slice, row block); the backward over slices, so that
+// the dK and dV of a slice have one writer. Tiles are fixed at compile time for b = 32 (the
+// block size every MRA setting uses) and d in {32, 64}; other sizes take the same code with
+// runtime bounds.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// exp for float that the compiler vectorises: 2^n * p(r) with n = round(x / ln 2) and a
+// degree-6 polynomial on |r| <= ln(2) / 2 (relative error ~2e-7). Inputs below -87.3 (masked
+// logits at -inf included) give exactly 0; no input here exceeds 0 by construction.
+inline float fast_exp(float x) {
+  const float lo = -87.3f;
+  const float xc = x < lo ? lo : (x > 88.0f ? 88.0f : x);
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = (xc * 1.44269504088896341f + magic) - magic;
+  const float r = (xc - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+  float p = 1.3888889e-3f;
+  p = p * r + 8.3333333e-3f;
+  p = p * r + 4.1666667e-2f;
+  p = p * r + 1.6666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float pow2;
+  std::memcpy(&pow2, &bits, sizeof(float));
+  return x < lo ? 0.0f : p * pow2;
+}
+inline double fast_exp(double x) { return std::exp(x); }
+
+// s[i][j] = scale * sum_t a[i][t] * bt[t][j]: a is (b, d) row-major, bt is (d, b) (a key or
+// value block transposed), s is (b, b). ROWS rows at a time keep ROWS x B accumulators in
+// registers, reading each row of bt once per ROWS rows.
+template <typename T, int B>
+inline void dot_tile(const T* a, const T* bt, T* s, int64_t b_rt, int64_t d, T scale) {
+  const int64_t b = B > 0 ? B : b_rt;
+  int64_t i = 0;
+  if constexpr (B > 0) {
+    constexpr int ROWS = 8;
+    for (; i + ROWS <= b; i += ROWS) {
+      T acc[ROWS][B] = {};
+      for (int64_t t = 0; t < d; ++t) {
+        const T* row = bt + t * b;
+        for (int r = 0; r < ROWS; ++r) {
+          const T ar = a[(i + r) * d + t];
+          for (int j = 0; j < B; ++j) acc[r][j] += ar * row[j];
+        }
+      }
+      for (int r = 0; r < ROWS; ++r)
+        for (int j = 0; j < B; ++j) s[(i + r) * b + j] = scale * acc[r][j];
+    }
+  }
+  for (; i < b; ++i) {
+    T* out = s + i * b;
+    for (int64_t j = 0; j < b; ++j) out[j] = 0;
+    for (int64_t t = 0; t < d; ++t) {
+      const T ai = a[i * d + t];
+      const T* row = bt + t * b;
+      for (int64_t j = 0; j < b; ++j) out[j] += ai * row[j];
+    }
+    for (int64_t j = 0; j < b; ++j) out[j] *= scale;
+  }
+}
+
+// out[i][:] += alpha * sum_j w[i][j] * m[j][:]: w is (b, b), m and out are (b, d) row-major.
+// With TRANSPOSE_W the weights are read as w[j][i] (for dK = dS^T Q and dV = P^T dO). With d
+// fixed, ROWS output rows at a time stay in registers and each row of m is read once per ROWS.
+template <typename T, int B, int D, bool TRANSPOSE_W>
+inline void axpy_tile(const T* w, const T* m, T* out, int64_t b_rt, int64_t d_rt, T alpha) {
+  const int64_t b = B > 0 ? B : b_rt;
+  const int64_t d = D > 0 ? D : d_rt;
+  auto weight = [&](int64_t i, int64_t j) { return TRANSPOSE_W ? w[j * b + i] : w[i * b + j]; };
+  int64_t i = 0;
+  if constexpr (D > 0) {
+    constexpr int ROWS = D > 32 ? 4 : 8;
+    for (; i + ROWS <= b; i += ROWS) {
+      T acc[ROWS][D] = {};
+      for (int64_t j = 0; j < b; ++j) {
+        const T* row = m + j * d;
+        for (int r = 0; r < ROWS; ++r) {
+          const T wr = weight(i + r, j);
+          for (int t = 0; t < D; ++t) acc[r][t] += wr * row[t];
+        }
+      }
+      for (int r = 0; r < ROWS; ++r)
+        for (int t = 0; t < D; ++t) out[(i + r) * d + t] += alpha * acc[r][t];
+    }
+  }
+  for (; i < b; ++i) {
+    T* o = out + i * d;
+    for (int64_t j = 0; j < b; ++j) {
+      const T wij = alpha * weight(i, j);
+      const T* row = m + j * d;
+      for (int64_t t = 0; t < d; ++t) o[t] += wij * row[t];
+    }
+  }
+}
+
+// LRA_KERNELS_POISON=1 (the tests set it) fills every output with NaN before the kernel runs, so
+// an element the kernel forgets to write fails the comparison with the reference.
+void poison(std::initializer_list<at::Tensor*> outputs) {
+  const char* flag = std::getenv("LRA_KERNELS_POISON");
+  if (flag == nullptr || flag[0] != '1') return;
+  for (at::Tensor* t : outputs) t->fill_(std::numeric_limits<double>::quiet_NaN());
+}
+
+struct Shapes {
+  int64_t slices, heads, seq, d, b, nb, k_max;
+};
+
+// Threads pay off only past a few milliseconds of work; below that the parallel region's start
+// (and spinning threads on a busy machine) costs more than it saves.
+bool worth_threads(const Shapes& s, const at::Tensor& row_offsets) {
+  const int64_t pairs = row_offsets.select(-1, s.nb).sum().item<int64_t>();
+  return pairs * s.b * s.b * s.d > (int64_t{1} << 23);
+}
+
+Shapes check(const at::Tensor& q, const at::Tensor& key_real, const at::Tensor& row_offsets,
+             const at::Tensor& col_index, int64_t block_size) {
+  TORCH_CHECK(q.dim() == 4, "block_sparse: q must be (batch, heads, seq, head_dim)");
+  TORCH_CHECK(q.is_contiguous(), "block_sparse: inputs must be contiguous");
+  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), d = q.size(3);
+  TORCH_CHECK(block_size > 0 && seq % block_size == 0,
+              "block_sparse: seq must be a multiple of block_size");
+  const int64_t nb = seq / block_size;
+  TORCH_CHECK(key_real.dtype() == at::kBool && key_real.sizes() == at::IntArrayRef({batch, seq}),
+              "block_sparse: key_real must be a (batch, seq) bool tensor");
+  TORCH_CHECK(row_offsets.dtype() == at::kLong &&
+                  row_offsets.sizes() == at::IntArrayRef({batch, heads, nb + 1}),
+              "block_sparse: row_offsets must be (batch, heads, nb + 1) int64");
+  TORCH_CHECK(col_index.dtype() == at::kLong && col_index.dim() == 3 &&
+                  col_index.size(0) == batch && col_index.size(1) == heads,
+              "block_sparse: col_index must be (batch, heads, K) int64");
+  return {batch * heads, heads, seq, d, block_size, nb, col_index.size(2)};
+}
+
+template <typename T, int B, int D>
+void forward_impl(const Shapes& s, bool threads, const T* q, const T* kt, const T* v,
+                  const bool* key_real, const int64_t* offsets, const int64_t* cols, T scale,
+                  T* out, T* lse) {
+  const int64_t b = s.b, d = s.d, nb = s.nb;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(at::get_num_threads()) \
+    if (threads)
+  for (int64_t sl = 0; sl < s.slices; ++sl) {
+    for (int64_t r = 0; r < nb; ++r) {
+      const int64_t base = sl * s.seq * d;
+      const bool* real = key_real + (sl / s.heads) * s.seq;
+      const int64_t* off = offsets + sl * (nb + 1);
+      const T* qb = q + base + r * b * d;
+      std::vector<T> logits(b * b), acc(b * d, T(0)), row_max(b, neg_inf), row_sum(b, T(0));
+      for (int64_t p = off[r]; p < off[r + 1]; ++p) {
+        const int64_t c = cols[sl * s.k_max + p];
+        dot_tile<T, B>(qb, kt + base + c * d * b, logits.data(), b, d, scale);
+        for (int64_t i = 0; i < b; ++i) {
+          T* li = logits.data() + i * b;
+          T m = row_max[i];
+          for (int64_t j = 0; j < b; ++j) {
+            if (!real[c * b + j]) li[j] = neg_inf;
+            m = li[j] > m ? li[j] : m;
+          }
+          if (m == neg_inf) {  // no real key yet: nothing to add
+            for (int64_t j = 0; j < b; ++j) li[j] = 0;
+            continue;
+          }
+          const T rescale = fast_exp(row_max[i] - m);
+          T sum = 0;
+          for (int64_t j = 0; j < b; ++j) {
+            li[j] = fast_exp(li[j] - m);
+            sum += li[j];
+          }
+          row_sum[i] = row_sum[i] * rescale + sum;
+          row_max[i] = m;
+          if (rescale != T(1))
+            for (int64_t t = 0; t < d; ++t) acc[i * d + t] *= rescale;
+        }
+        axpy_tile<T, B, D, false>(logits.data(), v + base + c * b * d, acc.data(), b, d, T(1));
+      }
+      T* ob = out + base + r * b * d;
+      T* lb = lse + sl * s.seq + r * b;
+      for (int64_t i = 0; i < b; ++i) {
+        const bool empty = row_sum[i] == T(0);
+        const T inv = empty ? T(0) : T(1) / row_sum[i];
+        for (int64_t t = 0; t < d; ++t) ob[i * d + t] = acc[i * d + t] * inv;
+        lb[i] = empty ? neg_inf : row_max[i] + std::log(row_sum[i]);
+      }
+    }
+  }
+}
+
+template <typename T, int B, int D>
+void backward_impl(const Shapes& s, bool threads, const T* q, const T* k, const T* kt,
+                   const T* vt, const bool* key_real, const int64_t* offsets,
+                   const int64_t* cols, T scale, const T* lse, const T* delta,
+                   const T* grad_out, T* grad_q, T* grad_k, T* grad_v) {
+  const int64_t b = s.b, d = s.d, nb = s.nb;
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (threads)
+  for (int64_t sl = 0; sl < s.slices; ++sl) {
+    const int64_t base = sl * s.seq * d;
+    const bool* real = key_real + (sl / s.heads) * s.seq;
+    const int64_t* off = offsets + sl * (nb + 1);
+    std::vector<T> prob(b * b), dprob(b * b);
+    // The slice's gradients are zeroed by the thread that accumulates them (memory it then
+    // finds in its cache), not in a separate pass.
+    for (T* g : {grad_q, grad_k, grad_v}) std::fill(g + base, g + base + s.seq * d, T(0));
+    for (int64_t r = 0; r < nb; ++r) {
+      const T* qb = q + base + r * b * d;
+      const T* gb = grad_out + base + r * b * d;
+      const T* lb = lse + sl * s.seq + r * b;
+      const T* db = delta + sl * s.seq + r * b;
+      for (int64_t p = off[r]; p < off[r + 1]; ++p) {
+        const int64_t c = cols[sl * s.k_max + p];
+        dot_tile<T, B>(qb, kt + base + c * d * b, prob.data(), b, d, scale);
+        dot_tile<T, B>(gb, vt + base + c * d * b, dprob.data(), b, d, T(1));
+        for (int64_t i = 0; i < b; ++i) {
+          T* pi = prob.data() + i * b;
+          T* gi = dprob.data() + i * b;
+          const bool empty = lb[i] == neg_inf;
+          for (int64_t j = 0; j < b; ++j) {
+            const T pij = (empty || !real[c * b + j]) ? T(0) : fast_exp(pi[j] - lb[i]);
+            pi[j] = pij;
+            gi[j] = pij * (gi[j] - db[i]);  // dS
+          }
+        }
+        // dV_c += P^T dO_r; dQ_r += scale dS K_c; dK_c += scale dS^T Q_r.
+        axpy_tile<T, B, D, true>(prob.data(), gb, grad_v + base + c * b * d, b, d, T(1));
+        axpy_tile<T, B, D, false>(dprob.data(), k + base + c * b * d, grad_q + base + r * b * d,
+                                  b, d, scale);
+        axpy_tile<T, B, D, true>(dprob.data(), qb, grad_k + base + c * b * d, b, d, scale);
+      }
+    }
+  }
+}
+
+// Compile-time tiles for the common sizes, runtime bounds for the rest.
+template <typename T, typename F>
+void dispatch_tiles(int64_t b, int64_t d, F&& f) {
+  using B32 = std::integral_constant<int, 32>;
+  using Any = std::integral_constant<int, 0>;
+  if (b == 32 && d == 32) return f(B32{}, B32{});
+  if (b == 32 && d == 64) return f(B32{}, std::integral_constant<int, 64>{});
+  if (b == 32) return f(B32{}, Any{});
+  return f(Any{}, Any{});
+}
+
+// (b, h, seq, d) -> (b, h, nb, d, b): each block transposed, so that logits read rows of it.
+at::Tensor blocks_transposed(const at::Tensor& x, int64_t block_size) {
+  const int64_t nb = x.size(2) / block_size;
+  return x.view({x.size(0), x.size(1), nb, block_size, x.size(3)}).transpose(-1, -2).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
+                                           const at::Tensor& v, const at::Tensor& key_real,
+                                           const at::Tensor& row_offsets,
+                                           const at::Tensor& col_index, int64_t block_size,
+                                           double scale) {
+  const Shapes s = check(q, key_real, row_offsets, col_index, block_size);
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes() && k.is_contiguous() &&
+                  v.is_contiguous() && k.dtype() == q.dtype() && v.dtype() == q.dtype(),
+              "block_sparse: q, k, v must be contiguous with one shape and dtype");
+  at::Tensor out = at::empty_like(q);
+  at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
+  poison({&out, &lse});
+  const at::Tensor kt = blocks_transposed(k, block_size);
+  const at::Tensor offsets = row_offsets.contiguous(), cols = col_index.contiguous();
+  const at::Tensor real = key_real.contiguous();
+  const bool threads = worth_threads(s, offsets);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_forward", [&] {
+    dispatch_tiles<scalar_t>(s.b, s.d, [&](auto B, auto D) {
+      forward_impl<scalar_t, decltype(B)::value, decltype(D)::value>(
+          s, threads, q.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+          real.data_ptr<bool>(), offsets.data_ptr<int64_t>(), cols.data_ptr<int64_t>(),
+          static_cast<scalar_t>(scale), out.data_ptr<scalar_t>(), lse.data_ptr<scalar_t>());
+    });
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& key_real, const at::Tensor& row_offsets, const at::Tensor& col_index,
+    int64_t block_size, double scale) {
+  const Shapes s = check(q, key_real, row_offsets, col_index, block_size);
+  const at::Tensor g = grad_out.contiguous();
+  // delta_i = dO_i . O_i - dlse_i: the row term of the softmax backward, lse's gradient folded in.
+  const at::Tensor delta = ((g * out).sum(-1) - grad_lse).contiguous();
+  const at::Tensor kt = blocks_transposed(k, block_size), vt = blocks_transposed(v, block_size);
+  at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  poison({&grad_q, &grad_k, &grad_v});
+  const at::Tensor offsets = row_offsets.contiguous(), cols = col_index.contiguous();
+  const at::Tensor real = key_real.contiguous(), lse_c = lse.contiguous();
+  const bool threads = worth_threads(s, offsets);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_backward", [&] {
+    dispatch_tiles<scalar_t>(s.b, s.d, [&](auto B, auto D) {
+      backward_impl<scalar_t, decltype(B)::value, decltype(D)::value>(
+          s, threads, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(),
+          vt.data_ptr<scalar_t>(), real.data_ptr<bool>(), offsets.data_ptr<int64_t>(),
+          cols.data_ptr<int64_t>(), static_cast<scalar_t>(scale), lse_c.data_ptr<scalar_t>(),
+          delta.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
+          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>());
+    });
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lra_block_sparse, m) {
+  m.def("forward(Tensor q, Tensor k, Tensor v, Tensor key_real, Tensor row_offsets, "
+        "Tensor col_index, int block_size, float scale) -> (Tensor, Tensor)");
+  m.def("backward(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
+        "Tensor lse, Tensor key_real, Tensor row_offsets, Tensor col_index, int block_size, "
+        "float scale) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(lra_block_sparse, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
+}
