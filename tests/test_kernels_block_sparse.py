@@ -123,6 +123,19 @@ def test_backend_matches_reference_fp32(backend, seq, d, block, per_row):
         assert relative(got, want) < 1e-5
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # flex warns that it runs uncompiled
+def test_flex_forward_matches_reference_on_cpu():
+    """The CUDA backend's construction (block lists, mask_mod, lse) checked where it can run
+    here: flex's eager forward. Its compiled kernels and backward need a GPU."""
+    from kernels.block_sparse import flex
+
+    problem = random_problem(2, batch=2, heads=2, seq=200, d=16, block=32, per_row=2)
+    out, lse = flex._Backend(compiled=False).attention(*problem, block_size=32, scale=0.25)
+    want, want_lse = reference.attention(*problem, block_size=32, scale=0.25)
+    assert relative(out, want) < 1e-5
+    assert_same_lse(lse, want_lse, 1e-5)
+
+
 @pytest.mark.parametrize("backend", FAST)
 def test_backend_bf16_inputs(backend):
     _, impl = kernels.resolve("block_sparse", backend, "cpu")

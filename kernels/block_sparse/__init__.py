@@ -5,7 +5,8 @@
                               block_size=32, scale=d ** -0.5)
 
 Shapes and semantics: `reference.py` (the oracle). Pairs come in CSR order (`csr_from_pairs`).
-Backends, in the order "auto" tries them: "cpp" (CPU, C++/OpenMP), "reference" (anywhere).
+Backends, in the order "auto" tries them: "cpp" (CPU, C++/OpenMP), "flex" (CUDA, torch's
+flex_attention, compiled by torch), "reference" (anywhere).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from . import reference
 from .layout import csr_from_pairs, from_blocks, gather_blocks, scatter_blocks, to_blocks
 
 register("block_sparse", "cpp", ("cpu",), lambda: importlib.import_module(".cpu", __name__).load())
+register("block_sparse", "flex", ("cuda",),
+         lambda: importlib.import_module(".flex", __name__).load())
 register("block_sparse", "reference", ("cpu", "cuda"), lambda: reference)
 
 __all__ = ["csr_from_pairs", "from_blocks", "gather_blocks", "reference", "scatter_blocks",
