@@ -241,6 +241,7 @@ class MraAttention(Attention):
     approx_mode: ClassVar[str]
 
     full_precision = True
+    kernel_family = "block_sparse"
 
     def _attend(self, q, k, v, mask):
         opts = self.options

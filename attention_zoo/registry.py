@@ -51,6 +51,9 @@ class Attention(nn.Module):
       full_precision        run `_attend` in at least fp32 with autocast off: exp of logits or
                             random features overflows in fp16 and loses its tail in bf16, and
                             pseudo-inverses and hash signs need the precision (fp64 stays fp64).
+      kernel_family         the `kernels` family whose backends the option `backend` picks
+                            (None for pure-PyTorch methods); the module records the backend it
+                            ran as `backend_in_use`.
     Every module takes any length: methods that need a block, chunk or window multiple pad
     internally and mask the padding.
     """
@@ -59,6 +62,7 @@ class Attention(nn.Module):
     approximates_softmax: ClassVar[bool] = True
     max_supported_len: ClassVar[int | None] = None
     full_precision: ClassVar[bool] = False
+    kernel_family: ClassVar[str | None] = None
 
     name: str = "attention"
 

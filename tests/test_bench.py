@@ -25,3 +25,22 @@ def test_bench_writes_tables_with_ratios_and_errors(tmp_path):
     assert float(by_name["softmax_naive"]["time_vs_naive"]) == 1.0
     assert (tmp_path / "time_memory_vs_length.png").stat().st_size > 0
     assert "Command: `python -m lra.bench" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_has_a_row_per_kernel_backend_and_a_roofline(tmp_path):
+    code = bench.main(["--attentions", "softmax", "mra2", "--lengths", "128",
+                       "--error-length", "128", "--repeats", "1", "--out", str(tmp_path)])
+    assert code == 0
+    rows = list(csv.DictReader(open(tmp_path / "bench.csv")))
+    mra = {r["backend"]: r for r in rows if r["attention"] == "mra2"}
+    assert set(mra) == {"cpp", "reference"}
+    assert all(not r["error"] and float(r["fwd_bwd_ms"]) > 0 for r in mra.values())
+    # The error is measured once per attention, on its first (preferred) backend's row.
+    assert float(mra["cpp"]["rel_error"]) < 1e-5 and mra["reference"]["rel_error"] == ""
+    roof = list(csv.DictReader(open(tmp_path / "roofline.csv")))
+    assert {(r["kernel"], r["backend"]) for r in roof} == {
+        ("torch.matmul", "-"), ("block_sparse", "cpp"), ("block_sparse", "reference")}
+    for row in roof:
+        assert float(row["gflops"]) > 0
+        assert abs(float(row["fraction_of_dense"]) * float(roof[0]["gflops"])
+                   - float(row["gflops"])) < 1e-6 * float(row["gflops"])
