@@ -20,7 +20,7 @@ from .atomic import atomic_write_text
 SUMMARY_KEYS = (
     "task", "attention", "seed", "device", "data", "mini", "params", "steps",
     "best_dev_accuracy", "test_accuracy", "majority_accuracy", "peak_memory_mb",
-    "step_time_ms", "tokens_per_s",
+    "step_time_ms", "tokens_per_s", "kernel_backend",
 )
 
 

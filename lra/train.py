@@ -148,6 +148,12 @@ def run_folder(cfg: Config, data_digest: str) -> tuple[str, Path]:
     return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / folder
 
 
+def kernel_backend(model: torch.nn.Module) -> str:
+    """The kernel backends the model's attentions ran (comma-separated), "-" for none."""
+    names = {getattr(m, "backend_in_use", None) for m in model.modules()} - {None}
+    return ",".join(sorted(names)) or "-"
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Run one training job end to end and return its summary."""
     tc = cfg.trainer
@@ -299,6 +305,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "step_time_ms": 1000 * train_time / max(totals["timed_steps"], 1),
         "tokens_per_s": real_tokens / train_time if train_time > 0 else None,
         "peak_memory_kind": memory.kind + " (per process)",
+        "kernel_backend": kernel_backend(model),
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
         "data_digest": manifest_digest(manifest), "tag": cfg.tag, "run_dir": str(run_dir),
     }

@@ -256,3 +256,19 @@ def test_fifty_training_steps_match_reference(backend):
     torch.testing.assert_close(torch.tensor(losses[backend]), torch.tensor(losses["reference"]),
                                atol=1e-4, rtol=1e-4)
     assert losses["reference"][-1] < losses["reference"][0]
+
+
+def test_training_picks_the_cpp_backend_and_records_it(tiny_data_root, tmp_path):
+    """`python -m lra.train attention=mra2` on CPU runs the C++ kernel unasked and says so."""
+    import json
+
+    from tests.conftest import run_train
+
+    for name in ("mra2", "softmax"):
+        run_train(f"attention={name}", f"data.root={tiny_data_root}", "data.build_missing=false",
+                  f"runs_dir={tmp_path}/runs", "task.max_len=64", "trainer.batch_size=16",
+                  "trainer.max_steps=2", "trainer.progress=false",
+                  f"hydra.run.dir={tmp_path}/hydra-{name}")
+    found = {s["attention"]: s["kernel_backend"] for s in (
+        json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json"))}
+    assert found == {"mra2": "cpp", "softmax": "-"}
