@@ -174,14 +174,19 @@ void forward_impl(const Shapes& s, bool threads, const T* q, const T* kt, const 
       const int64_t* off = offsets + sl * (nb + 1);
       const T* qb = q + base + r * b * d;
       std::vector<T> logits(b * b), acc(b * d, T(0)), row_max(b, neg_inf), row_sum(b, T(0));
+      std::vector<T> bias(b);
       for (int64_t p = off[r]; p < off[r + 1]; ++p) {
         const int64_t c = cols[sl * s.k_max + p];
         dot_tile<T, B>(qb, kt + base + c * d * b, logits.data(), b, d, scale);
+        // Padded keys as an additive -inf: the loops below stay branch-free, and `omp simd`
+        // reductions vectorise the row max and sum without -ffast-math.
+        for (int64_t j = 0; j < b; ++j) bias[j] = real[c * b + j] ? T(0) : neg_inf;
         for (int64_t i = 0; i < b; ++i) {
           T* li = logits.data() + i * b;
           T m = row_max[i];
+#pragma omp simd reduction(max : m)
           for (int64_t j = 0; j < b; ++j) {
-            if (!real[c * b + j]) li[j] = neg_inf;
+            li[j] += bias[j];
             m = li[j] > m ? li[j] : m;
           }
           if (m == neg_inf) {  // no real key yet: nothing to add
@@ -190,6 +195,7 @@ void forward_impl(const Shapes& s, bool threads, const T* q, const T* kt, const 
           }
           const T rescale = fast_exp(row_max[i] - m);
           T sum = 0;
+#pragma omp simd reduction(+ : sum)
           for (int64_t j = 0; j < b; ++j) {
             li[j] = fast_exp(li[j] - m);
             sum += li[j];
@@ -225,7 +231,7 @@ void backward_impl(const Shapes& s, bool threads, const T* q, const T* k, const 
     const int64_t base = sl * s.seq * d;
     const bool* real = key_real + (sl / s.heads) * s.seq;
     const int64_t* off = offsets + sl * (nb + 1);
-    std::vector<T> prob(b * b), dprob(b * b);
+    std::vector<T> prob(b * b), dprob(b * b), bias(b);
     // The slice's gradients are zeroed by the thread that accumulates them (memory it then
     // finds in its cache), not in a separate pass.
     for (T* g : {grad_q, grad_k, grad_v}) std::fill(g + base, g + base + s.seq * d, T(0));
@@ -238,14 +244,16 @@ void backward_impl(const Shapes& s, bool threads, const T* q, const T* k, const 
         const int64_t c = cols[sl * s.k_max + p];
         dot_tile<T, B>(qb, kt + base + c * d * b, prob.data(), b, d, scale);
         dot_tile<T, B>(gb, vt + base + c * d * b, dprob.data(), b, d, T(1));
+        for (int64_t j = 0; j < b; ++j) bias[j] = real[c * b + j] ? T(0) : neg_inf;
         for (int64_t i = 0; i < b; ++i) {
           T* pi = prob.data() + i * b;
           T* gi = dprob.data() + i * b;
-          const bool empty = lb[i] == neg_inf;
+          // A row with no real key (lse -inf) has P = 0 and must not compute -inf - -inf.
+          const T shift = lb[i] == neg_inf ? -neg_inf : lb[i];
+#pragma omp simd
           for (int64_t j = 0; j < b; ++j) {
-            const T pij = (empty || !real[c * b + j]) ? T(0) : fast_exp(pi[j] - lb[i]);
-            pi[j] = pij;
-            gi[j] = pij * (gi[j] - db[i]);  // dS
+            pi[j] = fast_exp(pi[j] + bias[j] - shift);
+            gi[j] = pi[j] * (gi[j] - db[i]);  // dS
           }
         }
         // dV_c += P^T dO_r; dQ_r += scale dS K_c; dK_c += scale dS^T Q_r.
