@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
-from .backend import BackendError
+from .backend import BackendError, log
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 LDFLAGS = ["-fopenmp"]
+STALE_LOCK_S = 600
 
 
 def _ensure_ninja() -> None:
@@ -38,6 +40,21 @@ def _key_lines(log: str, limit: int = 12) -> str:
     return "\n  ".join(lines[:limit] or log.strip().splitlines()[-limit:])
 
 
+def _clear_stale_lock(name: str, cpp_extension) -> None:
+    """torch serialises concurrent builds with a `lock` file in the build folder and waits for
+    it to go away; a build that was killed leaves it behind and every later load would wait
+    forever. No build takes STALE_LOCK_S, so an older lock is a dead one."""
+    lock = Path(cpp_extension._get_build_directory(name, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("kernels: removing the stale build lock %s (%.0f s old, left by a build that "
+                    "was killed)", lock, age)
+        lock.unlink(missing_ok=True)
+
+
 def load_library(name: str, sources: list[Path]) -> None:
     """Compile (or reuse from the cache) and load the ops library `name` built from `sources`."""
     _ensure_ninja()
@@ -47,6 +64,7 @@ def load_library(name: str, sources: list[Path]) -> None:
                            "(apt-get install g++) or set CXX")
     from torch.utils import cpp_extension  # noqa: PLC0415 (heavy; only when building)
 
+    _clear_stale_lock(name, cpp_extension)
     try:
         cpp_extension.load(name=name, sources=[str(s) for s in sources], extra_cflags=CFLAGS,
                            extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)

@@ -272,3 +272,25 @@ def test_training_picks_the_cpp_backend_and_records_it(tiny_data_root, tmp_path)
     found = {s["attention"]: s["kernel_backend"] for s in (
         json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("summary.json"))}
     assert found == {"mra2": "cpp", "softmax": "-"}
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch, caplog):
+    """A build killed mid-way leaves torch's lock file; a later load must not wait on it forever."""
+    import os
+    import time
+
+    from torch.utils import cpp_extension
+
+    from kernels import build
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "lra_test_lock" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    build._clear_stale_lock("lra_test_lock", cpp_extension)
+    assert lock.exists()  # a build in progress: keep waiting on it
+    old = time.time() - build.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    with caplog.at_level(logging.WARNING, logger="kernels"):
+        build._clear_stale_lock("lra_test_lock", cpp_extension)
+    assert not lock.exists() and "stale build lock" in caplog.text
