@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Use both cores for the test suite; set PYTEST_WORKERS=0 to run serially.
 PYTEST_WORKERS ?= auto
 
-.PHONY: setup test lint demo data mini lra-all bench clean
+.PHONY: setup test lint demo data mini lra-all bench mutation clean
 
 setup: $(VENV)/.installed
 
@@ -42,5 +42,17 @@ lra-all: setup
 bench: setup
 	$(PY) -m lra.bench
 
+# Mutation run (results/mutation/README.md): the whole core by default, which takes hours on 2
+# cores; one module with its tests, e.g.
+#   make mutation MUTATE=data_prep/cache.py MUTATION_TESTS="tests/test_data_cache.py" \
+#                 MUTATION_OUT=results/mutation/data_prep_cache.md
+MUTATE ?=
+MUTATION_TESTS ?=
+MUTATION_OUT ?= results/mutation/report.md
+mutation: setup
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) tools/mutation.py $(if $(MUTATE),--mutate $(MUTATE)) \
+		$(if $(MUTATION_TESTS),--tests $(MUTATION_TESTS)) --out $(MUTATION_OUT)
+
 clean:
-	rm -rf outputs multirun results/demo .pytest_cache
+	rm -rf outputs multirun results/demo .pytest_cache build/mutation

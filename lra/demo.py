@@ -15,14 +15,16 @@ from .results import aggregate
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str]) -> int:
-    cmd = [sys.executable, "-m", "lra.train", "-m", "+experiment=demo", *argv]
+def main(argv: list[str], results: Path = ROOT / "results") -> int:
+    """Run the demo sweep (extra Hydra overrides in argv); runs and tables go under `results`."""
+    cmd = [sys.executable, "-m", "lra.train", "-m", "+experiment=demo",
+           f"runs_dir={results / 'runs'}", *argv]
     print("$", " ".join(cmd[1:]), flush=True)
     code = subprocess.call(cmd, cwd=ROOT)
     if code != 0:
         return code
-    out = ROOT / "results" / "demo"
-    aggregate(ROOT / "results" / "runs" / "mini" / "demo", out,
+    out = results / "demo"
+    aggregate(results / "runs" / "mini" / "demo", out,
               title="lra-zoo demo (offline mini suite: stand-ins, not the LRA benchmark)")
     print((out / "results.md").read_text())
     print(f"written: {out / 'results.csv'} and {out / 'results.md'}")

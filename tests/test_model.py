@@ -26,6 +26,22 @@ def test_pooled_output_ignores_padded_tokens(pooling, attention):
     torch.testing.assert_close(enc(tokens, mask), enc(other, mask), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("attention", ["softmax", "softmax_naive", "mra2", "nystrom"])
+def test_padded_example_pools_to_its_unpadded_output(pooling, attention):
+    """An example padded from 10 to 50 tokens pools to exactly what it gives alone: the pooling
+    averages real positions only (padded positions are not zero after the blocks: the FFN's
+    biases reach them), and padded keys never reach the real ones."""
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(pooling=pooling), AttentionSpec(attention), vocab_size=20,
+                  max_len=50).eval()
+    tokens, mask = tokens_and_mask(2, 50, [10, 10])
+    with torch.no_grad():
+        padded = enc(tokens, mask)
+        alone = enc(tokens[:, :10], mask[:, :10])
+    torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-5)
+
+
 def test_pair_head_is_a_dual_encoder():
     torch.manual_seed(0)
     model = Classifier(ModelConfig(), AttentionSpec("softmax"), vocab_size=20, max_len=40,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lra.results import SUMMARY_KEYS
-from tests.conftest import run_train
+from tests.conftest import ROOT, run_train
 
 
 def tiny(root, tmp_path, *extra):
@@ -114,23 +114,36 @@ def test_missing_lra_data_names_the_path_and_command(tmp_path):
     assert "python -m data_prep listops" in proc.stderr
 
 
-def test_torchrun_two_processes(tiny_data_root, tmp_path):
-    """DDP through torchrun on CPU (Gloo): one summary, written by rank 0, for 2 processes."""
+def test_torchrun_two_processes_equal_one_process(tiny_data_root, tmp_path):
+    """DDP through torchrun on CPU (Gloo): one summary, written by rank 0, for 2 processes; and
+    with dropout 0 its parameters after 4 steps equal those of one process with the same global
+    batch (each rank trains on half of every batch, DDP averages the gradients), to rounding."""
     import os
     import subprocess
     import sys
 
+    import torch
+
+    settings = ("trainer.max_steps=4", "trainer.eval_every=2", "model.dropout=0",
+                "trainer.lr=1e-3")
+    two, one = tmp_path / "two", tmp_path / "one"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "lra.train", "trainer.max_steps=4",
-           "trainer.eval_every=2", *tiny(tiny_data_root, tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path.parents[0], env=env, capture_output=True,
-                          text=True, timeout=600)
+           "-m", "lra.train", *settings, *tiny(tiny_data_root, two)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    # From the checkout's root, so that its packages are the ones imported (not an installed copy).
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [summary] = summaries(tmp_path)
+    [summary] = summaries(two)
     assert summary["world_size"] == 2 and summary["steps"] == 4
     lines = (summary["dir"] / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [2, 4]
+    run_train(*settings, *tiny(tiny_data_root, one))
+    [single] = summaries(one)
+    assert single["world_size"] == 1
+    a, b = (torch.load(s["dir"] / "last.pt")["model"] for s in (summary, single))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
 
 
 def test_rebuilt_data_is_a_new_run_not_a_skip(tmp_path):

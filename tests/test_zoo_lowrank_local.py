@@ -115,9 +115,9 @@ def test_reformer_one_chunk_is_exact_but_for_self():
     torch.testing.assert_close(out, reformer_dense(q, v, mask), atol=1e-5, rtol=1e-5)
     # With no other target a token attends to itself: the one-token example returns its value.
     torch.testing.assert_close(out[2, :, 0], v[2, :, 0])
-    # Against plain softmax the self rule is the only difference.
-    err = relative_error(out, exact(q, reformer_keys(q), v, mask), mask)
-    print(f"\nreformer one chunk: vs dense with self rule exact; vs softmax_naive {err:.4f}")
+    # Against plain softmax (same logits, no self rule) the difference is large (0.47 measured):
+    # the self rule is what the dense reference above adds, and it is not a rounding detail.
+    assert relative_error(out, exact(q, reformer_keys(q), v, mask), mask) > 0.2
 
 
 # ---------------------------------------------------------------- Performer pitfalls
