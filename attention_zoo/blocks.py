@@ -33,6 +33,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .masking import masked_rows
+
 
 def to_blocks(x: torch.Tensor, block_size: int, dim: int = -2) -> torch.Tensor:
     """Split sequence dimension `dim` of x into (nb, block_size). The length must be a multiple
@@ -62,11 +64,10 @@ def block_means(
     token has mean 0 and count 0, so callers must mask it out rather than trust its mean; the
     values at padded positions never reach the result.
     """
-    real = to_blocks(mask, block_size, dim=-1).to(x.dtype)  # (batch, nb, b)
-    counts = real.sum(dim=-1)  # (batch, nb)
-    # Multiply (not index) by the mask so padded values cannot leak, whatever they hold.
+    counts = to_blocks(mask, block_size, dim=-1).sum(dim=-1).to(x.dtype)  # (batch, nb)
+    # A select (not a product: 0 * NaN is NaN) so padded values cannot leak, whatever they hold.
     # sums: (batch, heads, nb, d)
-    sums = (to_blocks(x, block_size) * real[:, None, :, :, None]).sum(dim=-2)
+    sums = to_blocks(masked_rows(x, mask), block_size).sum(dim=-2)
     return sums / counts.clamp_min(1)[:, None, :, None], counts
 
 
