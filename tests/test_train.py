@@ -106,6 +106,22 @@ def test_bad_config_fails_with_the_key_named(tmp_path, override, message):
     assert not last.startswith(("Traceback", "  File")), proc.stderr
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=-1", "seed=-1 must be in [0, 4294967295]"),
+    ("seed=99999999999", "seed=99999999999 must be in"),
+    ("tag=../x", "tag='../x' must be one folder name"),
+    ("tag=a/b", "tag='a/b' must be one folder name"),
+    ("tag=..", "tag='..' must be one folder name"),
+])
+def test_edge_values_fail_in_one_line_before_any_run_folder(tmp_path, override, message):
+    proc = run_train(override, "trainer.progress=false", f"runs_dir={tmp_path}/runs",
+                     "hydra.run.dir=" + str(tmp_path / "hydra"), check=False)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_lra_data_names_the_path_and_command(tmp_path):
     proc = run_train("data=lra", f"data.root={tmp_path}/nodata", f"runs_dir={tmp_path}/runs",
                      "hydra.run.dir=" + str(tmp_path / "hydra"), check=False)
