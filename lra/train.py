@@ -37,6 +37,7 @@ from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .memory import PeakMemory
 from .model import Classifier
 from .results import append_jsonl, check_summary, write_json
+from .runlock import RunLock, RunLocked
 
 log = logging.getLogger("lra.train")
 
@@ -161,11 +162,6 @@ def train(cfg: Config) -> dict[str, Any]:
     if manifest is None:
         manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
     run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
-    summary_path = run_dir / "summary.json"
-    if tc.resume and summary_path.exists():
-        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
-        distributed.shutdown()
-        return json.loads(summary_path.read_text())
     train_size = manifest["splits"]["train"]["size"]
     if tc.batch_size % d.world or tc.batch_size > train_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
@@ -173,6 +169,22 @@ def train(cfg: Config) -> dict[str, Any]:
                           f"{train_size} training examples")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    # One process (group) per run folder: a second launch of the same run stops here.
+    with RunLock(run_dir) if d.main else nullcontext():
+        return train_in(cfg, d, device, manifest, run_name, run_dir)
+
+
+def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: dict[str, Any],
+             run_name: str, run_dir: Path) -> dict[str, Any]:
+    """`train` once the run folder is chosen and locked."""
+    tc = cfg.trainer
+    train_size = manifest["splits"]["train"]["size"]
+    summary_path = run_dir / "summary.json"
+    if tc.resume and summary_path.exists():
+        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
+        distributed.shutdown()
+        return json.loads(summary_path.read_text())
+    if d.main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         log.info("run folder: %s", run_dir)
     if tc.num_threads:
@@ -312,7 +324,7 @@ def train(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-USER_ERRORS = (ConfigError, DataError, AttentionError)
+USER_ERRORS = (ConfigError, DataError, AttentionError, RunLocked)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lra.results import SUMMARY_KEYS
-from tests.conftest import run_train
+from tests.conftest import ROOT, run_train
 
 
 def tiny(root, tmp_path, *extra):
@@ -140,7 +140,7 @@ def test_torchrun_two_processes(tiny_data_root, tmp_path):
            "-m", "lra.train", "trainer.max_steps=4",
            "trainer.eval_every=2", *tiny(tiny_data_root, tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path.parents[0], env=env, capture_output=True,
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     [summary] = summaries(tmp_path)
@@ -173,3 +173,26 @@ def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume():
 
     assert line_step('{"step": 5, "dev_accuracy": 0.5}') == 5
     assert line_step('{"step": 10, "dev_acc') == float("inf")
+
+
+def test_the_same_run_launched_twice_at_once_runs_once(tiny_data_root, tmp_path):
+    """Two identical launches together: one trains, the other stops with the lock message naming
+    the first one's PID, and metrics.jsonl has each evaluation once."""
+    import os
+    import subprocess
+    import sys
+
+    args = tiny(tiny_data_root, tmp_path, "trainer.max_steps=80", "trainer.eval_every=10")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "lra.train", *args], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    (winner, _, _), (_, _, loser_err) = sorted(results, key=lambda r: r[0].returncode)
+    [line] = loser_err.strip().splitlines()
+    assert f"is in use by process {winner.pid} " in line
+    [summary] = summaries(tmp_path)
+    lines = (summary["dir"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(10, 81, 10))
