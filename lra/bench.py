@@ -30,6 +30,7 @@ from attention_zoo import attention_class, build_attention, list_attentions
 from attention_zoo.structured import relative_error, structured_qkv
 
 from .atomic import atomic_write_text
+from .cli import call
 from .memory import PeakMemory
 from .results import to_csv, to_markdown
 
@@ -223,4 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(call(main))

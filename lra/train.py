@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -27,17 +29,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from attention_zoo import AttentionError
-from data_prep.cache import DataError
-
-from . import distributed
+from . import cli, distributed
 from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .memory import PeakMemory
 from .model import Classifier
-from .results import append_jsonl, check_summary, write_json
-from .runlock import RunLock, RunLocked
+from .results import append_jsonl, check_summary, read_summary, write_json
+from .runlock import RunLock
 
 log = logging.getLogger("lra.train")
 
@@ -71,7 +70,27 @@ def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write a checkpoint atomically: on any failure the previous one stays as it was."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as err:
+        # torch's zip writer reports a failed write (a full disk) without an errno.
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+        raise cli.UserError(f"writing {path} failed ({str(err).splitlines()[0]}); {free_mb:.0f} MB "
+                        "are free on that disk (a full disk ends this way); the previous "
+                        "checkpoint is kept") from None
+
+
+def load_checkpoint(path: Path, device: torch.device, *, full: bool) -> dict[str, Any]:
+    """A checkpoint (`full`: with optimizer state, from our own writer); a missing, partial or
+    corrupt file is one UserError naming it and the fix."""
+    try:
+        return torch.load(path, map_location=device, weights_only=not full)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        reason = "missing" if isinstance(err, FileNotFoundError) else "partial or corrupt"
+        raise cli.UserError(f"{path} is {reason} ({str(err).splitlines()[0]}); rerun with "
+                        "trainer.resume=false to train this run again from step 0 (it replaces "
+                        "the run's checkpoints)") from None
 
 
 class Logger:
@@ -183,7 +202,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     if tc.resume and summary_path.exists():
         log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
         distributed.shutdown()
-        return json.loads(summary_path.read_text())
+        return read_summary(summary_path)
     if d.main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         log.info("run folder: %s", run_dir)
@@ -219,14 +238,14 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     metrics_path, last_path, best_path = (run_dir / n for n in ("metrics.jsonl", "last.pt",
                                                                  "best.pt"))
     if tc.resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_checkpoint(last_path, device, full=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, totals = state["step"], state["totals"]
         # best.pt is written before last.pt, so it holds the best dev accuracy seen so far.
-        best_dev = torch.load(best_path, map_location="cpu")["dev_accuracy"]
+        best_dev = load_checkpoint(best_path, torch.device("cpu"), full=False)["dev_accuracy"]
         if d.main:  # evaluations after the checkpoint are redone: drop their lines
             atomic_write_text(metrics_path, "".join(
                 line + "\n" for line in metrics_lines(metrics_path) if line_step(line) <= step))
@@ -295,7 +314,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
             distributed.reseed(cfg.seed, d.rank, step)
     bar.close()
 
-    model.load_state_dict(torch.load(best_path, map_location=device)["model"])
+    model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])
     test_acc = evaluate(model, "test")
     [real_tokens] = d.sum([totals["real_tokens"]], device)
     train_labels = np.asarray(data.splits["train"].split.labels)
@@ -324,18 +343,10 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     return summary
 
 
-USER_ERRORS = (ConfigError, DataError, AttentionError, RunLocked)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(raw: DictConfig) -> float:
-    try:
-        cfg = load_config(raw)
-        summary = train(cfg)
-    except USER_ERRORS as err:
-        # A user's mistake gets one clear line, not a traceback.
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    # A user's mistake gets one clear line and exit 2, a bug exit 1 (lra.cli).
+    summary = cli.call(lambda: train(load_config(raw)))
     # Returned for Hydra sweepers that optimise an objective.
     return float(summary["best_dev_accuracy"])
 
