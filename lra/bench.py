@@ -3,8 +3,9 @@
     python -m lra.bench [--lengths 1024 4096] [--attentions softmax mra2 ...] [--error-length 1024]
 
 Each (attention, length) is measured in a fresh subprocess after a warm-up pass: peak memory is
-the growth over the inputs already in memory during one forward+backward (lra.memory: the
-resident set on CPU, torch.cuda.max_memory_allocated on CUDA). Time is the median of
+the growth over the inputs already in memory during one forward+backward (lra.memory: live
+tensor bytes counted at the dispatcher on CPU, torch.cuda.max_memory_allocated on CUDA), the same
+kind of figure as a training run's peak_memory_mb. Time is the median of
 `--repeats` further forward+backward passes. The error is ||out - exact|| / ||exact|| against
 softmax_naive on locality-structured inputs (attention_zoo.structured). Timings on a shared
 machine are noisy: compare ratios from one run, not absolute figures across runs.
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -55,9 +55,8 @@ def measure(name: str, seq: int, repeats: int, device: str) -> dict:
             torch.cuda.synchronize()
 
     step()  # warm-up: libraries, thread pools and caches that any first call sets up
-    memory = PeakMemory(torch.device(device))
-    memory.start()
-    step()
+    with PeakMemory(torch.device(device)) as memory:  # not timed: counting slows CPU ops
+        step()
     peak = memory.peak_mb()
     times = []
     for _ in range(repeats):
@@ -85,9 +84,7 @@ def run_worker(name: str, seq: int, repeats: int, device: str) -> dict:
     """Run `measure` in a fresh interpreter and return its JSON line."""
     cmd = [sys.executable, "-m", "lra.bench", "--worker", name, str(seq), "--repeats",
            str(repeats), "--device", device]
-    # Freed tensors go back to the system at once, so the resident set tracks live memory.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
         return {"attention": name, "seq_len": seq, "error": tail[0]}
@@ -214,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "bench.md", (
         f"# Attention benchmark\n\nCommand: `{command.strip()}`\n\n"
         f"One layer, batch {BATCH}, {HEADS} heads x {HEAD_DIM}; forward+backward median of "
-        f"{args.repeats}; memory = peak growth (RSS on CPU, allocated on CUDA); rel_error = "
+        f"{args.repeats}; memory = peak growth of live tensor bytes (counted at the dispatcher "
+        "on CPU, allocated on CUDA); rel_error = "
         "||out - exact|| / ||exact|| on locality-structured inputs (for methods that do not "
         "approximate softmax it measures how far their own kernel is from it).\n\n"
         + to_markdown(rows, columns) + published_section(rows)))

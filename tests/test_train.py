@@ -30,7 +30,7 @@ def test_run_writes_config_metrics_and_summary_schema(tiny_data_root, tmp_path):
     assert summary["steps"] == 6 and summary["device"] == "cpu" and summary["mini"] is True
     assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["majority_accuracy"] <= 1
     assert summary["params"] > 0 and summary["step_time_ms"] > 0 and summary["tokens_per_s"] > 0
-    assert summary["peak_memory_kind"].startswith("cpu_peak_rss_growth")
+    assert summary["peak_memory_kind"].startswith("cpu_live_tensor_bytes")
     run_dir = summary["dir"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
