@@ -65,7 +65,8 @@ def os_error_line(err: OSError) -> str:
 
 
 def one_line(err: BaseException) -> str:
-    text = os_error_line(err) if type(err) in OS_TYPES else str(err)
+    text = (os_error_line(err) if type(err) in OS_TYPES and err.errno is not None
+            else str(err))
     return " ".join(text.split())  # a wrapped library message may span several lines
 
 

@@ -78,9 +78,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except RuntimeError as err:
         # torch's zip writer reports a failed write (a full disk) without an errno.
         free_mb = shutil.disk_usage(path.parent).free / 2**20
-        raise cli.UserError(f"writing {path} failed ({str(err).splitlines()[0]}); {free_mb:.0f} MB "
-                        "are free on that disk (a full disk ends this way); the previous "
-                        "checkpoint is kept") from None
+        raise cli.UserError(f"writing {path} failed ({str(err).splitlines()[0]}); "
+                            f"{free_mb:.0f} MB are free on that disk (a full disk ends this "
+                            "way); the previous checkpoint is kept") from None
 
 
 def load_checkpoint(path: Path, device: torch.device, *, full: bool) -> dict[str, Any]:
@@ -91,8 +91,8 @@ def load_checkpoint(path: Path, device: torch.device, *, full: bool) -> dict[str
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
         reason = "missing" if isinstance(err, FileNotFoundError) else "partial or corrupt"
         raise cli.UserError(f"{path} is {reason} ({str(err).splitlines()[0]}); rerun with "
-                        "trainer.resume=false to train this run again from step 0 (it replaces "
-                        "the run's checkpoints)") from None
+                            "trainer.resume=false to train this run again from step 0 (it "
+                            "replaces the run's checkpoints)") from None
 
 
 class Logger:
