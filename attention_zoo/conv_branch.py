@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .masking import row_mask
+from .masking import masked_rows
 from .registry import AttentionError, require_ints
 
 
@@ -40,8 +40,7 @@ class ConvBranch(nn.Module):
                               padding=(kernel // 2, 0), groups=num_heads, bias=False)
 
     def forward(self, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # where, not a product: 0 * inf in a padded row would be NaN.
-        return self.conv(torch.where(row_mask(mask), v, 0))
+        return self.conv(masked_rows(v, mask))
 
 
 @dataclass

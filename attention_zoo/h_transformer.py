@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .blocks import from_blocks, neighbour_blocks, to_blocks
-from .masking import neg_inf, pad_all_to_multiple, row_mask
+from .masking import neg_inf, pad_all_to_multiple
 from .registry import Attention, AttentionError, register_attention, require_ints
 
 
@@ -64,7 +64,7 @@ def level_attention(
     logits = (q_blocks @ k_near.transpose(-1, -2) * scale).masked_fill(~allowed, neg_inf(q.dtype))
     # The reference cancels out of num / den, so it needs no gradient.
     row_max = logits.amax(dim=-1, keepdim=True).detach()
-    weights = torch.exp(logits - row_max) * allowed.to(q.dtype)  # (batch, heads, nb, b, K b)
+    weights = torch.where(allowed, torch.exp(logits - row_max), 0)  # (batch, heads, nb, b, K b)
     num = weights @ v_near
     den = weights @ c_near[:, None, :, :, None]
     return from_blocks(num), from_blocks(den), from_blocks(row_max)
@@ -91,8 +91,7 @@ class HTransformer1dAttention(Attention):
 
     def _attend(self, q, k, v, mask):
         block, seq = self.options.block_size, q.shape[2]
-        # Level-l sums over real tokens (padding rows zeroed whatever they hold), and counts.
-        q, k, v = (torch.where(row_mask(mask), x, 0) for x in (q, k, v))
+        # Level-l sums over real tokens (the base class zeroed the padded rows), and counts.
         count = mask.to(q.dtype)  # (batch, len)
         levels = []
         while True:

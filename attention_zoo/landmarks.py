@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .masking import masked_rows
 from .registry import require_ints
 
 
@@ -54,8 +55,7 @@ def segment_means(
     counts = member.sum(dim=-1)  # (batch, m)
     weights = member.to(x.dtype) / counts.clamp_min(1)[..., None].to(x.dtype)
     # Padded rows get weight 0, but 0 * inf is NaN: zero them rather than trust their content.
-    x = torch.where(mask[:, None, :, None], x, 0)
-    return weights[:, None] @ x, counts > 0
+    return weights[:, None] @ masked_rows(x, mask), counts > 0
 
 
 def real_tokens_in_windows(

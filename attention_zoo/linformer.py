@@ -4,7 +4,7 @@
 
 with E: (proj_len, n) learned, one per head, shared by keys and values (the MRA comparison's
 setting). E is sized to max_seq_len and its first n columns are used for an input of length n.
-Padded rows of k and v are zeroed before projecting, so padding never reaches k' or v'.
+Padded rows of k and v are zero (the base class zeroes them), so padding never reaches k' or v'.
 Cost O(n * proj_len * d).
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from .masking import masked_rows, masked_softmax
+from .masking import masked_softmax
 from .registry import Attention, register_attention, require_ints
 
 
@@ -59,8 +59,8 @@ class LinformerAttention(Attention):
     def _attend(self, q, k, v, mask):
         seq = q.shape[2]
         e = self.projection[:, :, :seq].to(q.dtype)  # (heads, proj_len, seq): sliced to the input
-        k_proj = e @ masked_rows(k, mask)  # (batch, heads, proj_len, d)
-        v_proj = e @ masked_rows(v, mask)
+        k_proj = e @ k  # (batch, heads, proj_len, d); padded rows of k, v are zero (base class)
+        v_proj = e @ v
         logits = q @ k_proj.transpose(-1, -2) * q.shape[-1] ** -0.5
         # A projected position that no real token of the example feeds (its row of E is zero on
         # them, e.g. a pooling segment wholly in padding) is no key: with k' = 0 it would still

@@ -21,8 +21,12 @@ def row_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero the padded rows of x: (batch, heads, seq, dim)."""
-    return x * row_mask(mask).to(x.dtype)
+    """Zero the padded rows of x: (batch, heads, seq, dim), whatever they hold.
+
+    A select, not a product: 0 * inf and 0 * NaN are NaN, and a NaN in a padded row would then
+    reach every output it is summed into (and its gradient).
+    """
+    return torch.where(row_mask(mask), x, 0)
 
 
 def pad_to_multiple(
@@ -65,4 +69,4 @@ def masked_softmax(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     A row with no allowed entry (an example with no real token) gets all-zero weights, not NaN.
     """
     weights = torch.softmax(logits.masked_fill(~allowed, neg_inf(logits.dtype)), dim=-1)
-    return weights * allowed.to(weights.dtype)
+    return torch.where(allowed, weights, 0)

@@ -16,11 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
 from .conv_branch import ConvOptions, WithConvBranch
 from .landmarks import LandmarkOptions, segment_means
-from .masking import key_mask, masked_softmax, row_mask
+from .masking import key_mask, masked_softmax
 from .pinv import masked_pinv
 from .registry import Attention, register_attention
 
@@ -35,8 +33,6 @@ class NystromAttention(Attention):
     full_precision = True
 
     def _attend(self, q, k, v, mask):
-        # Zero the padded rows once, whatever they hold (even inf), so none can reach an output.
-        q, k, v = (torch.where(row_mask(mask), x, 0) for x in (q, k, v))
         scale = 1 / math.sqrt(q.shape[-1])
         num_landmarks = min(self.options.num_landmarks, q.shape[2])
         q_land, valid = segment_means(q, mask, num_landmarks)  # (batch, heads, m, dim)

@@ -17,6 +17,8 @@ The forward contract, shared by every module:
     q, k, v: (batch, heads, seq, head_dim) floats
     mask:    (batch, seq) bool, True = real token
     out:     (batch, heads, seq, head_dim), same dtype as q; padded query rows are exactly zero.
+`Attention.forward` zeroes the padded rows of q, k and v before `_attend`, so a method may assume
+they hold zeros (it still masks padded keys where zero is not "absent", e.g. exp(0) = 1).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch
 from torch import nn
 
 from kernels.backend import BACKENDS
+
+from .masking import masked_rows
 
 
 class AttentionError(ValueError):
@@ -77,6 +81,15 @@ class Attention(nn.Module):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         self.check_inputs(q, k, v, mask)
+        # Padded rows are zeroed by a select before any method sees them, so no value there
+        # (inf and NaN included) can reach a product, a real output or a gradient. A batch with
+        # no padding needs no select; asking costs a host sync on a GPU, so only the CPU asks.
+        padded = mask.device.type != "cpu" or not bool(mask.all())
+        if padded:
+            q, k, v = (masked_rows(x, mask) for x in (q, k, v))
+        if q.shape[0] == 0:
+            # An empty batch has nothing to attend; its (empty) output keeps the autograd graph.
+            return q
         if self.full_precision:
             dtype = torch.promote_types(q.dtype, torch.float32)
             with torch.autocast(device_type=q.device.type, enabled=False):
@@ -84,7 +97,7 @@ class Attention(nn.Module):
         else:
             out = self._attend(q, k, v, mask)
         # Padded query rows are defined as zero for every method, whatever it computed there.
-        return (out * mask[:, None, :, None].to(out.dtype)).to(q.dtype)
+        return (masked_rows(out, mask) if padded else out).to(q.dtype)
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor

@@ -58,7 +58,7 @@ class ScatterbrainAttention(PerformerAttention):
         # window_logits, low_window: (batch, heads, nb, block, 3 * block)
         window_logits = band.scores(qp, kp) / math.sqrt(q.shape[-1])
         window_logits = window_logits.masked_fill(~band.allowed, neg_inf(q.dtype))
-        low_window = band.scores(band.pad(phi_q), band.pad(phi_k)) * band.allowed
+        low_window = torch.where(band.allowed, band.scores(band.pad(phi_q), band.pad(phi_k)), 0)
 
         # One reference per query: the larger of the low-rank scale and the window's max logit.
         # Exact weights exp(logit - ref) and the rescaled low rank exp(offsets - ref) L are then

@@ -30,7 +30,7 @@ from torch import nn
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .landmarks import LandmarkOptions, real_tokens_in_windows
-from .masking import row_mask
+from .masking import masked_rows
 from .pinv import masked_pinv
 from .registry import Attention, register_attention
 
@@ -60,9 +60,9 @@ def soft_kernel_product(
     is K(q, q) v whenever the iterations have converged.
     """
     # k_ql: (batch, heads, seq, m); invalid landmarks contribute nothing.
-    k_ql = gaussian_kernel(q, landmarks) * landmark_valid[:, None, None, :].to(q.dtype)
+    k_ql = torch.where(landmark_valid[:, None, None, :], gaussian_kernel(q, landmarks), 0)
     k_ll = gaussian_kernel(landmarks, landmarks)
-    v = torch.where(row_mask(mask), v, 0)  # padded keys drop out of K(q~, q) v
+    v = masked_rows(v, mask)  # padded keys drop out of K(q~, q) v
     inverse = masked_pinv(k_ll, landmark_valid, iterations, "newton_schulz")
     return k_ql @ (inverse @ (k_ql.transpose(-1, -2) @ v))
 
@@ -93,7 +93,7 @@ class SoftAttention(Attention):
 
     def _attend(self, q, k, v, mask):
         batch, heads, _, dim = q.shape
-        q = torch.where(row_mask(mask), q, 0) * dim**-0.25
+        q = q * dim**-0.25  # padded rows are zero (base class)
         # windows: (batch, heads, w * stride, dim) of real tokens only; valid: (batch, w).
         windows, valid = real_tokens_in_windows(q, mask, self.stride)
         conv_in = windows.reshape(batch * heads, -1, dim).transpose(1, 2)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from .masking import masked_rows
+
 
 def structured_qkv(
     batch: int,
@@ -44,5 +46,4 @@ def structured_qkv(
 
 def relative_error(out: torch.Tensor, exact: torch.Tensor, mask: torch.Tensor) -> float:
     """||out - exact|| / ||exact|| over the real query rows."""
-    keep = mask[:, None, :, None].to(out.dtype)
-    return float(((out - exact) * keep).norm() / (exact * keep).norm())
+    return float(masked_rows(out - exact, mask).norm() / masked_rows(exact, mask).norm())

@@ -11,7 +11,8 @@
     python -m data_prep download   [lra_release|imdb|cifar10]      # resumable, optional sha256
 
 Every failure is one line naming the file (and row) at fault and the command that fixes it: a
-DataError, or an OSError of the file system (a folder that cannot be written, a full disk).
+DataError, or an OSError of the file system (a folder that cannot be written, a full disk); these
+exit with 2, a bug with 1 (lra.cli; HYDRA_FULL_ERROR=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import logging
 import sys
 from pathlib import Path
 
+from lra.cli import report
+
 from . import image, listops, mini, pathfinder, release, retrieval, text
-from .cache import DataError
 
 SOURCES = {
     "listops": ("lra_release", "generate"),
@@ -200,16 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         folder = run(args)
-    except (DataError, OSError) as err:
-        # One line, even where a wrapped library message spans several.
-        kind = "" if isinstance(err, DataError) else f"{type(err).__name__}: "
-        print(f"error: {kind}{' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; " + ("run the same command again to resume the download"
                                  if args.task == "download" else "nothing half-written was kept"),
               file=sys.stderr)
         return 130
+    except Exception as err:
+        # One line and exit 2 for a data or file-system fault, exit 1 for a bug (lra.cli).
+        return report(err)
     if args.task == "mini":
         for task in args.tasks or mini.BUILDERS:
             print(_summary(folder / task))

@@ -36,8 +36,16 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 ARRAYS = ("tokens", "lengths", "labels")
 SHUFFLE_SEED = 0  # the seed of every builder that shuffles its splits
-MANIFEST_KEYS = ("format_version", "task", "source", "mini", "description", "num_classes",
-                 "vocab_size", "vocab", "max_len", "pair", "params", "splits")
+# The manifest's schema: each key and the JSON types it may hold (a bool is not an int here).
+SCHEMA: dict[str, tuple[type, ...]] = {
+    "format_version": (int,), "task": (str,), "source": (str,), "mini": (bool,),
+    "description": (str,), "num_classes": (int,), "vocab_size": (int,),
+    "vocab": (list, type(None)), "max_len": (int,), "pair": (bool,), "params": (dict,),
+    "splits": (dict,),
+}
+SPLIT_SCHEMA: dict[str, tuple[type, ...]] = {"size": (int,), "label_counts": (list,),
+                                             "sha256": (dict,)}
+POSITIVE = ("num_classes", "vocab_size", "max_len")
 
 
 class DataError(RuntimeError):
@@ -85,27 +93,49 @@ def permutation(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def check_split(split: Split, *, task: str, name: str, num_classes: int, max_len: int) -> None:
-    """Reject a split that would make an unusable cache, naming the task, split and example."""
-    where = f"{task} {name}"
-    if len(split) == 0:
-        raise DataError(f"{where} has no examples; the source holds too few (every split needs "
-                        "at least one)")
-    if split.tokens.shape[-1] != max_len:
-        raise DataError(f"{where}: tokens are {split.tokens.shape[-1]} wide, not max_len="
-                        f"{max_len}")
-    if not len(split.tokens) == len(split.lengths) == len(split.labels):
-        raise DataError(f"{where}: {len(split.tokens)} token rows, {len(split.lengths)} lengths "
-                        f"and {len(split.labels)} labels; they must agree")
-    bad = np.flatnonzero((split.labels < 0) | (split.labels >= num_classes))
+def check_split(split: Split, *, where: Callable[[str], str], num_classes: int, vocab_size: int,
+                max_len: int, pair: bool | None, fix: str) -> None:
+    """Reject a split whose arrays disagree with each other or with the manifest's fields.
+
+    `where(array)` names the array ("listops val" when building, its file when loading) and `fix`
+    ends every message. Vectorised: one pass of min/max per array, and the first bad example is
+    looked up only on failure.
+    """
+
+    def fail(array: str, problem: str):
+        raise DataError(f"{where(array)}: {problem}; {fix}")
+
+    if len(split.labels) == 0:
+        fail("labels", "no examples (every split needs at least one)")
+    for array in ARRAYS:
+        if not np.issubdtype(getattr(split, array).dtype, np.integer):
+            fail(array, f"{array} are {getattr(split, array).dtype}, not integers")
+    tokens, labels = split.tokens, split.labels
+    ndims = (2, 3) if pair is None else (3 if pair else 2,)  # pair=None: either kind
+    if tokens.ndim not in ndims or (tokens.ndim == 3 and tokens.shape[1] != 2):
+        fail("tokens", f"tokens have shape {tokens.shape}, not (n, max_len) or "
+                       f"(n, 2, max_len) as pair={pair} says")
+    if tokens.shape[-1] != max_len:
+        fail("tokens", f"tokens are {tokens.shape[-1]} wide, not max_len={max_len}")
+    if not len(tokens) == len(split.lengths) == len(labels):
+        fail("lengths", f"{len(tokens)} token rows, {len(split.lengths)} lengths and "
+                        f"{len(labels)} labels; they must agree")
+    if split.lengths.shape != tokens.shape[:-1] or labels.ndim != 1:
+        fail("lengths", f"lengths {split.lengths.shape} and labels {labels.shape} do not fit "
+                        f"tokens {tokens.shape}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        rows = np.asarray(tokens).reshape(len(tokens), -1)
+        i = int(np.flatnonzero(((rows < 0) | (rows >= vocab_size)).any(axis=1))[0])
+        token = rows[i][(rows[i] < 0) | (rows[i] >= vocab_size)][0]
+        fail("tokens", f"example {i} holds token {token}, outside [0, vocab_size={vocab_size})")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if bad.size:
-        raise DataError(f"{where}: example {bad[0]} has label {split.labels[bad[0]]}, outside "
-                        f"[0, {num_classes}) ({bad.size} such); the source does not match the "
-                        f"task's {num_classes} classes")
+        fail("labels", f"example {bad[0]} has label {labels[bad[0]]}, outside "
+                       f"[0, {num_classes}) ({bad.size} such) of num_classes={num_classes}")
     lengths = split.lengths.reshape(len(split.lengths), -1)  # (n, 1) or (n, 2)
     bad = np.flatnonzero(((lengths < 0) | (lengths > max_len)).any(axis=1))
     if bad.size:
-        raise DataError(f"{where}: example {bad[0]} has length {lengths[bad[0]].tolist()}, "
+        fail("lengths", f"example {bad[0]} has length {lengths[bad[0]].tolist()}, "
                         f"outside [0, {max_len}]")
 
 
@@ -138,7 +168,9 @@ def write_task(
     splits = {name: Split(s.tokens, s.lengths.astype(np.int32),
                           np.asarray(s.labels, dtype=np.int64)) for name, s in splits.items()}
     for name, split in splits.items():
-        check_split(split, task=task, name=name, num_classes=num_classes, max_len=max_len)
+        check_split(split, where=lambda _, name=name: f"{task} {name}", num_classes=num_classes,
+                    vocab_size=vocab_size, max_len=max_len, pair=None,
+                    fix="the source does not match the task's settings")
     params = dict(params)
     if shuffle_seed is not None:
         params["shuffle_seed"] = shuffle_seed
@@ -175,7 +207,8 @@ def write_task(
 
 
 def read_manifest(task_dir: str | Path, *, task: str, data: str = "lra") -> dict[str, Any]:
-    """Read and sanity-check `task_dir/manifest.json`; a missing one names the build command."""
+    """Read `task_dir/manifest.json` and check it against the schema; every failure is one
+    DataError naming the file, the field and the build command."""
     path = Path(task_dir) / "manifest.json"
     if not path.exists():
         raise DataError(
@@ -187,16 +220,59 @@ def read_manifest(task_dir: str | Path, *, task: str, data: str = "lra") -> dict
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON ({err}); rebuild with: "
                         f"{prepare_command(task, data)}") from err
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} holds a JSON {type(manifest).__name__}, not an object; "
+                        f"rebuild with: {prepare_command(task, data)}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path} has format_version {manifest.get('format_version')!r}, this "
                         f"code reads {FORMAT_VERSION}; rebuild with: {prepare_command(task, data)}")
     if manifest.get("task") != task:
         raise DataError(f"{path} holds task {manifest.get('task')!r}, expected {task!r}")
-    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    missing = [key for key in SCHEMA if key not in manifest]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)} (edited by hand?); rebuild with: "
                         f"{prepare_command(task, data)}")
+    problem = schema_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem} (edited by hand?); rebuild with: "
+                        f"{prepare_command(task, data)}")
     return manifest
+
+
+def _type_problem(field: str, value: Any, types: tuple[type, ...]) -> str | None:
+    """Why `value` is not one of `types` (JSON types: a bool is not an int), or None."""
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return None
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+    return f"field {field} is {value!r}, not {names}"
+
+
+def schema_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first way `manifest` departs from the schema (field named), or None."""
+    for key, types in SCHEMA.items():
+        problem = _type_problem(key, manifest[key], types)
+        if problem:
+            return problem
+    for key in POSITIVE:
+        if manifest[key] < 1:
+            return f"field {key} is {manifest[key]}, not a positive int"
+    if manifest["vocab"] is not None and not all(isinstance(w, str) for w in manifest["vocab"]):
+        return "field vocab holds a non-string entry"
+    for name in SPLITS:
+        entry = manifest["splits"].get(name)
+        if not isinstance(entry, dict):
+            return f"field splits.{name} is {entry!r}, not an object"
+        for key, types in SPLIT_SCHEMA.items():
+            problem = _type_problem(f"splits.{name}.{key}", entry.get(key), types)
+            if problem:
+                return problem
+        for array in ARRAYS:
+            file = f"{name}.{array}.npy"
+            problem = _type_problem(f"splits.{name}.sha256[{file!r}]",
+                                    entry["sha256"].get(file), (str,))
+            if problem:
+                return problem
+    return None
 
 
 def load_split(
@@ -227,4 +303,11 @@ def load_split(
     if not (len(out.tokens) == len(out.lengths) == len(out.labels) == entry["size"]):
         raise DataError(f"{task_dir}: {split} arrays disagree with the manifest size "
                         f"{entry['size']}; rebuild with: {prepare_command(task, data)}")
+    # The arrays against the manifest's fields: what the model is built from (vocab_size sizes
+    # the embedding, num_classes the head) must hold for every token and label.
+    check_split(out, where=lambda array: str(task_dir / f"{split}.{array}.npy"),
+                num_classes=manifest["num_classes"], vocab_size=manifest["vocab_size"],
+                max_len=manifest["max_len"], pair=manifest["pair"],
+                fix=f"the arrays disagree with {task_dir / 'manifest.json'}; rebuild with: "
+                    f"{prepare_command(task, data)}")
     return out

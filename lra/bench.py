@@ -7,11 +7,12 @@ one row per kernel backend, and a roofline of the fused block-sparse kernel.
 
 Each (attention, backend, length) is measured in a fresh subprocess after a warm-up pass: peak
 memory is the growth over the inputs already in memory during one forward+backward (lra.memory:
-the resident set on CPU, torch.cuda.max_memory_allocated on CUDA). Time is the median of
-`--repeats` further passes. The error is ||out - exact|| / ||exact|| against softmax_naive on
-locality-structured inputs (attention_zoo.structured). The roofline times the block-sparse
-kernel alone at block_per_row 8 and reports its GFLOP/s beside torch.matmul's, measured in the
-same run. Timings on a shared machine are noisy: compare ratios from one run.
+live tensor bytes counted at the dispatcher on CPU, torch.cuda.max_memory_allocated on CUDA), the
+same kind of figure as a training run's peak_memory_mb. Time is the median of `--repeats` further
+passes. The error is ||out - exact|| / ||exact|| against softmax_naive on locality-structured
+inputs (attention_zoo.structured). The roofline times the block-sparse kernel alone at
+block_per_row 8 and reports its GFLOP/s beside torch.matmul's, measured in the same run. Timings
+on a shared machine are noisy: compare ratios from one run.
 
 Writes bench.{csv,md}, roofline.csv and time_memory_vs_length.png to --out (default
 results/bench/local/, which git ignores: the tracked results/bench/ is written by asking for it).
@@ -23,7 +24,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,6 +37,7 @@ from attention_zoo import attention_class, build_attention, list_attentions
 from attention_zoo.structured import relative_error, structured_qkv
 
 from .atomic import atomic_write_text
+from .cli import call
 from .memory import PeakMemory
 from .results import to_csv, to_markdown
 
@@ -87,9 +88,8 @@ def measure(name: str, seq: int, repeats: int, device: str, setting: Setting,
             torch.cuda.synchronize()
 
     step()  # warm-up: libraries, thread pools, kernel builds and caches that a first call sets up
-    memory = PeakMemory(torch.device(device))
-    memory.start()
-    step()
+    with PeakMemory(torch.device(device)) as memory:  # not timed: counting slows CPU ops
+        step()
     peak = memory.peak_mb()
     times = []
     for _ in range(repeats):
@@ -179,9 +179,7 @@ def roofline(seq: int, device: str, setting: Setting, repeats: int) -> list[dict
 def run_worker(args: list[str]) -> dict | list:
     """Run this module with `--worker ...` in a fresh interpreter and return its JSON line."""
     cmd = [sys.executable, "-m", "lra.bench", *args]
-    # Freed tensors go back to the system at once, so the resident set tracks live memory.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         return {"error": tail[0]}
@@ -365,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "bench.md", (
         f"# Attention benchmark\n\nCommand: `{command.strip()}` at commit {git_commit()}\n\n"
         f"{shape[0].upper() + shape[1:]}; forward+backward median of {args.repeats} after a "
-        "warm-up; memory = peak growth (RSS on CPU, allocated on CUDA); rel_error = "
+        "warm-up; memory = peak growth of live tensor bytes (counted at the dispatcher on CPU, "
+        "allocated on CUDA); rel_error = "
         "||out - exact|| / ||exact|| on locality-structured inputs (for methods that do not "
         "approximate softmax it measures how far their own kernel is from it). backend: the "
         "kernel backend of kernel-backed attentions (- for plain PyTorch ones).\n\n"
@@ -376,4 +375,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(call(main))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,8 @@ from attention_zoo import AttentionError, make_options
 
 from .data import DataConfig
 from .model import AttentionSpec, ModelConfig
+
+log = logging.getLogger("lra.config")
 
 
 class ConfigError(ValueError):
@@ -101,6 +105,44 @@ NOT_FINGERPRINTED = ("logger", "trainer.resume", "trainer.progress", "trainer.de
                      "data.num_workers", "runs_dir", "tag")
 
 
+# numpy's global RNG takes seeds in [0, 2^32); torch and `random` take more.
+SEED_RANGE = (0, 2**32 - 1)
+# A tag is one folder under <runs_dir>/<data.name>/: no separator, no "." or "..", not hidden.
+SAFE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
+
+
+def _mra_blocks(max_len: int, options: Any) -> int:
+    return -(-max_len // options.block_size)
+
+
+# Attention budgets that an input of at most task.max_len tokens cannot use past a bound:
+# (attention names, option, bound(max_len, options), what the bound is). Each module already
+# computes the same result at the bound as above it (MRA chooses at most nb^2 pairs; Nystrom and
+# SOFT take at most one landmark per token; Linformer caps proj_len at max_seq_len), so clamping
+# changes no output; it makes the config, and so the run's fingerprint, say what is computed.
+BUDGETS = (
+    (("mra2", "mra2_s"), "block_per_row", _mra_blocks,
+     "the number of blocks nb = ceil(task.max_len / block_size)"),
+    (("nystrom", "nystrom_conv", "soft", "soft_conv"), "num_landmarks",
+     lambda max_len, _: max_len, "one landmark per token, task.max_len"),
+    (("linformer",), "proj_len", lambda max_len, _: max_len, "task.max_len"),
+)
+
+
+def _clamp_budgets(cfg: Config, options: Any) -> None:
+    """Clamp attention budgets above what task.max_len can use, with one warning each.
+
+    options: the attention's validated options dataclass (defaults filled in)."""
+    for names, key, bound, what in BUDGETS:
+        if cfg.attention.name not in names:
+            continue
+        value, limit = getattr(options, key), bound(cfg.task.max_len, options)
+        if value > limit:
+            log.warning("attention.options.%s=%d is more than %s = %d can use; clamped to %d "
+                        "(the same computation)", key, value, what, limit, limit)
+            cfg.attention.options[key] = limit
+
+
 def _get(cfg: Config, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
@@ -133,10 +175,17 @@ def load_config(raw: DictConfig) -> Config:
         value = _get(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value!r} must be >= 1 or null")
+    if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
+        raise ConfigError(f"seed={cfg.seed} must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                          "(the range numpy's RNG takes)")
+    if not SAFE_TAG.fullmatch(cfg.tag):
+        raise ConfigError(f"tag={cfg.tag!r} must be one folder name: up to 100 letters, digits "
+                          "or _ . = + - (no '/', not starting with '.' or '-')")
     try:
-        make_options(cfg.attention.name, **cfg.attention.options)
+        options = make_options(cfg.attention.name, **cfg.attention.options)
     except AttentionError as err:
         raise ConfigError(f"attention: {err}") from None
+    _clamp_budgets(cfg, options)
     grid = cfg.attention.options.get("input_shape")
     if grid is not None:
         # A 2-D token order (MRA on images) must tile exactly the tokens the encoder passes.

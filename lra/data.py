@@ -116,8 +116,11 @@ def prepare_manifest(task: str, cfg: DataConfig, *, expect: dict[str, Any]) -> d
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
-    """What identifies the prepared data: source, build settings and every array's checksum."""
-    keep = {k: manifest[k] for k in ("task", "source", "mini", "max_len", "params")}
+    """What identifies the prepared data: source, build settings, every array's checksum, and the
+    fields that shape the model built over it (vocab_size sizes the embedding, num_classes the
+    head, pair the encoder), so a manifest edited in those fields is a new run, never a reuse."""
+    keep = {k: manifest[k] for k in ("task", "source", "mini", "max_len", "params", "vocab_size",
+                                     "num_classes", "pair")}
     keep["sha256"] = {name: split["sha256"] for name, split in manifest["splits"].items()}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

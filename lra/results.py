@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .cli import UserError, call
 
 # Every summary.json has at least these keys, in this order in tables.
 SUMMARY_KEYS = (
@@ -37,16 +38,30 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
 
 
 def check_summary(summary: dict[str, Any]) -> None:
+    if not isinstance(summary, dict):
+        raise ValueError(f"a summary is a JSON object, not {type(summary).__name__}")
     missing = [k for k in SUMMARY_KEYS if k not in summary]
     if missing:
         raise ValueError(f"summary is missing {missing}")
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """A run's summary.json; a corrupt or incomplete one is one UserError naming it and the fix."""
+    try:
+        summary = json.loads(path.read_text())
+        check_summary(summary)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
+        raise UserError(f"{path} is not a valid run summary ({err}); delete it and rerun the "
+                        "run's command: it resumes from its checkpoints and writes it again"
+                        ) from None
+    return summary
 
 
 def find_summaries(root: str | Path) -> list[dict[str, Any]]:
     """Every summary.json below `root`, each with its folder as `run_dir`, in a stable order."""
     rows = []
     for path in sorted(Path(root).rglob("summary.json")):
-        row = json.loads(path.read_text())
+        row = read_summary(path)
         row["run_dir"] = str(path.parent)
         rows.append(row)
     return rows
@@ -140,4 +155,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(call(main))

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -27,18 +29,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from attention_zoo import AttentionError
-from data_prep.cache import DataError
-
-from . import distributed
+from . import cli, distributed
 from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .memory import PeakMemory
 from .model import Classifier
-from .results import append_jsonl, check_summary, write_json
+from .results import append_jsonl, check_summary, read_summary, write_json
+from .runlock import RunLock
 
 log = logging.getLogger("lra.train")
+# Training steps per process that measure peak memory and are not timed (see the training loop).
+MEMORY_STEPS = 2
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +72,27 @@ def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Write a checkpoint atomically: on any failure the previous one stays as it was."""
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as err:
+        # torch's zip writer reports a failed write (a full disk) without an errno.
+        free_mb = shutil.disk_usage(path.parent).free / 2**20
+        raise cli.UserError(f"writing {path} failed ({str(err).splitlines()[0]}); "
+                            f"{free_mb:.0f} MB are free on that disk (a full disk ends this "
+                            "way); the previous checkpoint is kept") from None
+
+
+def load_checkpoint(path: Path, device: torch.device, *, full: bool) -> dict[str, Any]:
+    """A checkpoint (`full`: with optimizer state, from our own writer); a missing, partial or
+    corrupt file is one UserError naming it and the fix."""
+    try:
+        return torch.load(path, map_location=device, weights_only=not full)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        reason = "missing" if isinstance(err, FileNotFoundError) else "partial or corrupt"
+        raise cli.UserError(f"{path} is {reason} ({str(err).splitlines()[0]}); rerun with "
+                            "trainer.resume=false to train this run again from step 0 (it "
+                            "replaces the run's checkpoints)") from None
 
 
 class Logger:
@@ -167,11 +189,6 @@ def train(cfg: Config) -> dict[str, Any]:
     if manifest is None:
         manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
     run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
-    summary_path = run_dir / "summary.json"
-    if tc.resume and summary_path.exists():
-        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
-        distributed.shutdown()
-        return json.loads(summary_path.read_text())
     train_size = manifest["splits"]["train"]["size"]
     if tc.batch_size % d.world or tc.batch_size > train_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
@@ -179,6 +196,22 @@ def train(cfg: Config) -> dict[str, Any]:
                           f"{train_size} training examples")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    # One process (group) per run folder: a second launch of the same run stops here.
+    with RunLock(run_dir) if d.main else nullcontext():
+        return train_in(cfg, d, device, manifest, run_name, run_dir)
+
+
+def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: dict[str, Any],
+             run_name: str, run_dir: Path) -> dict[str, Any]:
+    """`train` once the run folder is chosen and locked."""
+    tc = cfg.trainer
+    train_size = manifest["splits"]["train"]["size"]
+    summary_path = run_dir / "summary.json"
+    if tc.resume and summary_path.exists():
+        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
+        distributed.shutdown()
+        return read_summary(summary_path)
+    if d.main:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
         log.info("run folder: %s", run_dir)
     if tc.num_threads:
@@ -213,14 +246,14 @@ def train(cfg: Config) -> dict[str, Any]:
     metrics_path, last_path, best_path = (run_dir / n for n in ("metrics.jsonl", "last.pt",
                                                                  "best.pt"))
     if tc.resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_checkpoint(last_path, device, full=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, totals = state["step"], state["totals"]
         # best.pt is written before last.pt, so it holds the best dev accuracy seen so far.
-        best_dev = torch.load(best_path, map_location="cpu")["dev_accuracy"]
+        best_dev = load_checkpoint(best_path, torch.device("cpu"), full=False)["dev_accuracy"]
         if d.main:  # evaluations after the checkpoint are redone: drop their lines
             atomic_write_text(metrics_path, "".join(
                 line + "\n" for line in metrics_lines(metrics_path) if line_step(line) <= step))
@@ -239,38 +272,45 @@ def train(cfg: Config) -> dict[str, Any]:
     evaluate = Evaluator(data, cfg, d, device, autocast)
     logger = Logger(cfg, run_name, run_dir, enabled=d.main)
 
+    # The first MEMORY_STEPS steps of each process measure peak memory (lra.memory), the
+    # others are timed: counting CPU memory slows every op, and the first steps hold one-off
+    # set-up work (lazy optimizer state, kernel selection) that is no step time.
     memory = PeakMemory(device)
-    memory.start()
+    first_step = step
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
                disable=not (tc.progress and d.main), dynamic_ncols=True)
     while step < tc.max_steps:
         tokens, mask, labels = (t.to(device) for t in next(train_batches))
+        measured = step - first_step < MEMORY_STEPS
         start = time.perf_counter()
-        with autocast():
-            loss = torch.nn.functional.cross_entropy(ddp(tokens, mask).float(), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if tc.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        totals["train_time"] += time.perf_counter() - start
-        totals["timed_steps"] += 1
-        totals["real_tokens"] += int(mask.sum())
+        with memory if measured else nullcontext():
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(ddp(tokens, mask).float(), labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        if measured:
+            totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
+        else:
+            totals["train_time"] += time.perf_counter() - start
+            totals["timed_steps"] += 1
+            totals["real_tokens"] += int(mask.sum())
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
 
         if step % tc.eval_every == 0 or step == tc.max_steps:
             dev_acc = evaluate(model, "val", tc.eval_batches)
-            totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
             if d.main:
                 record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                           "dev_accuracy": dev_acc}
@@ -289,7 +329,7 @@ def train(cfg: Config) -> dict[str, Any]:
             distributed.reseed(cfg.seed, d.rank, step)
     bar.close()
 
-    model.load_state_dict(torch.load(best_path, map_location=device)["model"])
+    model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])
     test_acc = evaluate(model, "test")
     [real_tokens] = d.sum([totals["real_tokens"]], device)
     train_labels = np.asarray(data.splits["train"].split.labels)
@@ -302,9 +342,10 @@ def train(cfg: Config) -> dict[str, Any]:
         "params": params, "steps": step, "best_dev_accuracy": best_dev,
         "test_accuracy": test_acc, "majority_accuracy": float(np.mean(test_labels == majority)),
         "peak_memory_mb": totals["peak_memory_mb"],
-        "step_time_ms": 1000 * train_time / max(totals["timed_steps"], 1),
+        "step_time_ms": (1000 * train_time / totals["timed_steps"] if totals["timed_steps"]
+                         else None),
         "tokens_per_s": real_tokens / train_time if train_time > 0 else None,
-        "peak_memory_kind": memory.kind + " (per process)",
+        "peak_memory_kind": f"{memory.kind}: peak growth in one training step (per process)",
         "kernel_backend": kernel_backend(model),
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
         "data_digest": manifest_digest(manifest), "tag": cfg.tag, "run_dir": str(run_dir),
@@ -319,18 +360,10 @@ def train(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-USER_ERRORS = (ConfigError, DataError, AttentionError)
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(raw: DictConfig) -> float:
-    try:
-        cfg = load_config(raw)
-        summary = train(cfg)
-    except USER_ERRORS as err:
-        # A user's mistake gets one clear line, not a traceback.
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    # A user's mistake gets one clear line and exit 2, a bug exit 1 (lra.cli).
+    summary = cli.call(lambda: train(load_config(raw)))
     # Returned for Hydra sweepers that optimise an objective.
     return float(summary["best_dev_accuracy"])
 

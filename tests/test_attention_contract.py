@@ -87,6 +87,54 @@ def test_padding_invariance(name, train):
     torch.testing.assert_close(out1[real], out2[real], atol=1e-5, rtol=1e-5)
 
 
+def outputs_and_grads(attn, q, k, v, mask):
+    """Output and the gradients of a fixed weighted sum of it w.r.t. q, k, v and the parameters,
+    for leaf copies of q, k, v (k is q for shared-qk methods)."""
+    q, k, v = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+    out = attn(*qk_for(attn, q, k), v, mask)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    grads = [x.grad for x in (q, k, v)] + [p.grad for p in attn.parameters()]
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_padding_cannot_leak(name, fill):
+    """NaN or +-inf in padded q, k, v changes no real output and no gradient, and makes nothing
+    non-finite: padded rows are selected away (never multiplied by 0) before any product."""
+    seq = 150
+    q, k, v, mask = inputs(4, seq, lengths=[seq, 97, 33, 1])
+    pad = ~mask[:, None, :, None]
+    attn = make(name).train()
+    attn_b = make(name).train()
+    attn_b.load_state_dict(attn.state_dict())  # same state, same random draws (see above)
+    out, grads = outputs_and_grads(attn, q, k, v, mask)
+    bad = [x.masked_fill(pad, fill) for x in (q, k, v)]
+    out_bad, grads_bad = outputs_and_grads(attn_b, *bad, mask)
+    assert torch.isfinite(out_bad).all()
+    assert (out_bad[pad.expand_as(out_bad)] == 0).all()
+    torch.testing.assert_close(out_bad, out, atol=0, rtol=0)
+    for grad, grad_bad in zip(grads, grads_bad, strict=True):
+        if grad is None:  # k of a shared-qk method, or a parameter the call does not use
+            assert grad_bad is None
+            continue
+        assert torch.isfinite(grad_bad).all()
+        torch.testing.assert_close(grad_bad, grad, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_empty_batch(name):
+    """Batch size 0 gives an empty output of the input's shape and dtype (and a usable graph)."""
+    attn = make(name).train()
+    q, k, v, mask = inputs(0, 37)
+    q.requires_grad_(True)
+    out = attn(*qk_for(attn, q, k), v, mask)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_padded_length_invariance(name):
     """More trailing padding (a batch padded to a longer example) changes no real output."""

@@ -76,3 +76,33 @@ def test_wandb_logger_runs_offline_without_api_key(tiny_data_root, tmp_path, mon
     summary = train(load_config(raw))
     offline = list(Path(summary["run_dir"], "wandb").glob("offline-run-*"))
     assert len(offline) == 1, os.listdir(Path(summary["run_dir"], "wandb"))
+
+
+@pytest.mark.parametrize(("attention", "key", "value", "limit"), [
+    ("mra2", "block_per_row", 100000, 2048 // 32),  # nb blocks of 32 in task.max_len=2048
+    ("mra2_s", "block_per_row", 65, 64),
+    ("nystrom", "num_landmarks", 4096, 2048),
+    ("soft_conv", "num_landmarks", 5000, 2048),
+    ("linformer", "proj_len", 3000, 2048),
+])
+def test_budget_above_max_len_is_clamped_with_a_warning(attention, key, value, limit, caplog):
+    """A budget the longest input cannot use is clamped (the module computes the same at the
+    bound), with one warning naming the key, so the fingerprint says what is computed."""
+    from lra.config import fingerprint
+
+    over = load_config(composed("task=listops", f"attention={attention}",
+                                f"attention.options.{key}={value}"))
+    assert over.attention.options[key] == limit
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "lra.config"]
+    assert f"attention.options.{key}={value}" in warning and f"clamped to {limit}" in warning
+    caplog.clear()
+    at = load_config(composed("task=listops", f"attention={attention}",
+                              f"attention.options.{key}={limit}"))
+    assert not caplog.records
+    assert fingerprint(over, "d") == fingerprint(at, "d")
+
+
+def test_budget_within_max_len_is_kept(caplog):
+    cfg = load_config(composed("task=listops", "attention=mra2",
+                               "attention.options.block_per_row=64"))
+    assert cfg.attention.options["block_per_row"] == 64 and not caplog.records

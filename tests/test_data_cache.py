@@ -93,7 +93,7 @@ def test_rebuild_replaces_the_cache(tmp_path):
 
 
 @pytest.mark.parametrize("problem, match", [
-    ("empty", r"listops test has no examples"),
+    ("empty", r"listops test: no examples"),
     ("width", r"listops train: tokens are 4 wide, not max_len=5"),
     ("count", r"listops val: 6 token rows, 5 lengths and 6 labels"),
     ("length", r"listops val: example 2 has length \[6\], outside \[0, 5\]"),
@@ -156,3 +156,63 @@ def test_manifest_missing_keys_is_a_data_error(tmp_path):
     path.write_text(path.read_text().replace('"splits"', '"splitz"'))
     with pytest.raises(DataError, match=r"manifest\.json lacks splits .*python -m data_prep"):
         read_manifest(out, task="listops")
+
+
+def edit_manifest(out, edit) -> None:
+    import json
+
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m: m.update(splits="train"), r"field splits is 'train', not dict"),
+    (lambda m: m.update(vocab_size="20"), r"field vocab_size is '20', not int"),
+    (lambda m: m.update(mini=1), r"field mini is 1, not bool"),
+    (lambda m: m.update(max_len=True), r"field max_len is True, not int"),
+    (lambda m: m.update(num_classes=0), r"field num_classes is 0, not a positive int"),
+    (lambda m: m["splits"].pop("val"), r"field splits\.val is None, not an object"),
+    (lambda m: m["splits"]["train"].update(size="6"), r"field splits\.train\.size is '6'"),
+    (lambda m: m["splits"]["test"].pop("sha256"), r"field splits\.test\.sha256 is None"),
+    (lambda m: m["splits"]["train"]["sha256"].pop("train.labels.npy"),
+     r"field splits\.train\.sha256\['train\.labels\.npy'\] is None, not str"),
+])
+def test_manifest_schema_faults_are_one_data_error_naming_file_and_field(tmp_path, edit, match):
+    out = write(tmp_path / "cache", splits())
+    edit_manifest(out, edit)
+    with pytest.raises(DataError, match=rf"^{out}/manifest\.json: {match}.*; rebuild with: "
+                                        r"python -m data_prep") as err:
+        read_manifest(out, task="listops")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("edit", "file", "match"), [
+    (lambda m: m.update(vocab_size=5), "train.tokens.npy",
+     r"example \d+ holds token \d+, outside \[0, vocab_size=5\)"),
+    (lambda m: m.update(num_classes=2), "train.labels.npy",
+     r"example 2 has label 2, outside \[0, 2\) \(2 such\) of num_classes=2"),
+    (lambda m: m.update(max_len=4), "train.tokens.npy", r"tokens are 5 wide, not max_len=4"),
+    (lambda m: m.update(pair=True), "train.tokens.npy",
+     r"tokens have shape \(6, 5\), not .* as pair=True says"),
+])
+def test_arrays_are_checked_against_the_manifest_fields(tmp_path, edit, file, match):
+    """Checksums pass (the arrays are intact) but the manifest's fields do not describe them."""
+    out = write(tmp_path / "cache", splits())
+    edit_manifest(out, edit)
+    manifest = read_manifest(out, task="listops")
+    fix = rf"; the arrays disagree with {out}/manifest\.json; rebuild with: python -m data_prep"
+    with pytest.raises(DataError, match=rf"^{out}/{file}: {match}{fix}"):
+        load_split(out, "train", manifest)
+
+
+def test_every_field_the_model_sees_is_in_the_data_digest(tmp_path):
+    from lra.data import manifest_digest
+
+    out = write(tmp_path / "cache", splits())
+    base = manifest_digest(read_manifest(out, task="listops"))
+    for key, value in (("vocab_size", 500), ("num_classes", 4), ("max_len", 6), ("pair", True)):
+        edit_manifest(out, lambda m, key=key, value=value: m.update({key: value}))
+        assert manifest_digest(read_manifest(out, task="listops")) != base, key
+        write(out, splits())

@@ -34,7 +34,7 @@ def run(argv, capsys) -> tuple[int, str, str]:
 ])
 def test_errors_are_one_line(tmp_path, capsys, argv, needle):
     code, out, err = run([a.format(tmp=tmp_path) for a in argv], capsys)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert needle.format(tmp=tmp_path) in err
 
@@ -45,7 +45,7 @@ def test_a_multi_line_message_is_printed_on_one_line(capsys, monkeypatch):
 
     monkeypatch.setattr(cli, "run", fail)
     code, _, err = run(["mini"], capsys)
-    assert (code, err) == (1, "error: x.tar.gz is corrupt (zlib: invalid block at offset 7)\n")
+    assert (code, err) == (2, "error: x.tar.gz is corrupt (zlib: invalid block at offset 7)\n")
 
 
 def test_file_system_errors_are_one_line(tmp_path, capsys):
@@ -56,8 +56,23 @@ def test_file_system_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     code, out, err = run(["listops", "--source", "lra_release", "--release", tmp_path, "--out",
                           tmp_path / "file" / "cache"], capsys)
-    assert code == 1 and out == "" and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith("error: FileExistsError: ") and str(tmp_path / "file") in err
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {tmp_path / 'file'}: a file is in the way where a folder "
+                          "should be")
+
+
+def test_a_bug_is_exit_1_and_says_how_to_see_the_traceback(capsys, monkeypatch):
+    def fail(args):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(cli, "run", fail)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, _, err = run(["mini"], capsys)
+    assert code == 1 and err.startswith("internal error: ZeroDivisionError: division by zero")
+    assert "HYDRA_FULL_ERROR=1" in err and err.count("\n") == 1
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ZeroDivisionError):
+        run(["mini"], capsys)
 
 
 @pytest.mark.parametrize("option", ["--num-images 5", "--workers 0", "--seed -1"])

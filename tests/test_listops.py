@@ -142,7 +142,7 @@ def test_too_long_source_is_one_cli_error_line(tmp_path, capsys):
     code = main(["listops", "--source", "lra_release", "--release", str(tmp_path), "--out",
                  str(tmp_path / "cache")])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: ") and "basic_test.tsv:3: 2002 tokens" in err
     assert not (tmp_path / "cache").exists()
 

@@ -30,7 +30,7 @@ def test_run_writes_config_metrics_and_summary_schema(tiny_data_root, tmp_path):
     assert summary["steps"] == 6 and summary["device"] == "cpu" and summary["mini"] is True
     assert 0 <= summary["test_accuracy"] <= 1 and 0 <= summary["majority_accuracy"] <= 1
     assert summary["params"] > 0 and summary["step_time_ms"] > 0 and summary["tokens_per_s"] > 0
-    assert summary["peak_memory_kind"].startswith("cpu_peak_rss_growth")
+    assert summary["peak_memory_kind"].startswith("cpu_live_tensor_bytes")
     run_dir = summary["dir"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 6]
@@ -106,6 +106,22 @@ def test_bad_config_fails_with_the_key_named(tmp_path, override, message):
     assert not last.startswith(("Traceback", "  File")), proc.stderr
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=-1", "seed=-1 must be in [0, 4294967295]"),
+    ("seed=99999999999", "seed=99999999999 must be in"),
+    ("tag=../x", "tag='../x' must be one folder name"),
+    ("tag=a/b", "tag='a/b' must be one folder name"),
+    ("tag=..", "tag='..' must be one folder name"),
+])
+def test_edge_values_fail_in_one_line_before_any_run_folder(tmp_path, override, message):
+    proc = run_train(override, "trainer.progress=false", f"runs_dir={tmp_path}/runs",
+                     "hydra.run.dir=" + str(tmp_path / "hydra"), check=False)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_lra_data_names_the_path_and_command(tmp_path):
     proc = run_train("data=lra", f"data.root={tmp_path}/nodata", f"runs_dir={tmp_path}/runs",
                      "hydra.run.dir=" + str(tmp_path / "hydra"), check=False)
@@ -170,3 +186,26 @@ def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume():
 
     assert line_step('{"step": 5, "dev_accuracy": 0.5}') == 5
     assert line_step('{"step": 10, "dev_acc') == float("inf")
+
+
+def test_the_same_run_launched_twice_at_once_runs_once(tiny_data_root, tmp_path):
+    """Two identical launches together: one trains, the other stops with the lock message naming
+    the first one's PID, and metrics.jsonl has each evaluation once."""
+    import os
+    import subprocess
+    import sys
+
+    args = tiny(tiny_data_root, tmp_path, "trainer.max_steps=80", "trainer.eval_every=10")
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "lra.train", *args], env=env,
+                              cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p, *p.communicate(timeout=600)) for p in procs]
+    codes = sorted(p.returncode for p, _, _ in results)
+    assert codes == [0, 2], [err[-2000:] for _, _, err in results]
+    (winner, _, _), (_, _, loser_err) = sorted(results, key=lambda r: r[0].returncode)
+    [line] = loser_err.strip().splitlines()
+    assert f"is in use by process {winner.pid} " in line
+    [summary] = summaries(tmp_path)
+    lines = (summary["dir"] / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(10, 81, 10))

@@ -1,0 +1,50 @@
+"""Peak memory that means the same in every run: tensor bytes, whatever ran before it."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from lra.memory import PeakMemory
+from tests.conftest import run_train
+
+
+def test_cpu_count_is_live_tensor_bytes():
+    """Growth during a stretch: new storages count while alive, views and in-place results do
+    not, and what existed before start does not."""
+    before = torch.ones(1024, 1024)  # 4 MiB that exist at start
+    with PeakMemory(torch.device("cpu")) as memory:
+        view = before.t()[:10]  # no new memory
+        before.mul_(2)  # in place: none either
+        a = torch.ones(256, 1024)  # 1 MiB
+        b = a * 2  # 1 MiB more: 2 live
+        del a, b
+        c = torch.ones(512, 1024)  # 2 MiB after both were freed: the peak stays 2
+        del c, view
+    assert memory.peak_mb() == 2.0 and memory.kind == "cpu_live_tensor_bytes"
+    # Nothing is left counting after stop: a later stretch starts from zero.
+    junk = [torch.ones(1024, 1024) for _ in range(8)]
+    del junk
+    with memory:
+        torch.ones(256, 1024)
+    assert memory.peak_mb() == 1.0
+
+
+def test_multirun_and_single_runs_report_the_same_peak(tiny_data_root, tmp_path):
+    """Two seeds in one multirun process and each seed alone: peak_memory_mb within 10%."""
+    common = (f"data.root={tiny_data_root}", "data.build_missing=false", "task.max_len=64",
+              "trainer.batch_size=16", "trainer.max_steps=4", "trainer.eval_every=4",
+              "trainer.progress=false")
+    run_train("-m", "seed=0,1", *common, f"runs_dir={tmp_path}/multi",
+              f"hydra.sweep.dir={tmp_path}/sweep")
+    run_train("seed=1", *common, f"runs_dir={tmp_path}/single",
+              f"hydra.run.dir={tmp_path}/hydra")
+    figures = {}
+    for kind in ("multi", "single"):
+        for path in sorted((tmp_path / kind).rglob("summary.json")):
+            summary = json.loads(path.read_text())
+            figures[kind, summary["seed"]] = summary["peak_memory_mb"]
+    assert set(figures) == {("multi", 0), ("multi", 1), ("single", 1)}
+    low, high = min(figures.values()), max(figures.values())
+    assert low > 0 and high <= 1.1 * low, figures
