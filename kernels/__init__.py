@@ -14,6 +14,8 @@ logged warning that names the reason and the fix; a backend asked for by name th
 raises. This package imports nothing from the rest of the project.
 """
 
+# Importing a family registers its backends, so that `resolve` knows every family.
+from . import block_sparse  # noqa: F401
 from .backend import BackendError, available_backends, resolve
 
 __all__ = ["BackendError", "available_backends", "resolve"]

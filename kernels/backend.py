@@ -107,6 +107,13 @@ def resolve(family: str, backend: str, device: torch.device | str) -> tuple[str,
     raise BackendError(f"kernels: no backend of {family} runs on {device_type}")
 
 
+def registered_backends(family: str, device: torch.device | str) -> list[str]:
+    """Names of the backends of `family` meant for `device`, loadable or not, in order of
+    preference (tests use this, so that a backend that fails to build fails them)."""
+    device_type = torch.device(device).type
+    return [impl.name for impl in _implementations(family) if device_type in impl.devices]
+
+
 def available_backends(family: str, device: torch.device | str) -> list[str]:
     """Names of the backends of `family` that load on `device`, in order of preference."""
     device_type = torch.device(device).type

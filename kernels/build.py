@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .backend import BackendError, log
 
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 STALE_LOCK_S = 600
 

@@ -15,7 +15,8 @@ from attention_zoo import build_attention
 from kernels import backend as kernel_backend
 from kernels.block_sparse import csr_from_pairs, reference
 
-FAST = [name for name in kernels.available_backends("block_sparse", "cpu") if name != "reference"]
+# Every CPU backend but the oracle, whether or not it loads: one that cannot load fails its tests.
+FAST = [n for n in kernel_backend.registered_backends("block_sparse", "cpu") if n != "reference"]
 
 
 @pytest.fixture(autouse=True)
@@ -185,7 +186,7 @@ def test_auto_picks_the_fastest_backend_on_cpu():
     assert kernels.available_backends("block_sparse", "cpu")[-1] == "reference"
     name, _ = kernels.resolve("block_sparse", "auto", "cpu")
     assert name == kernels.available_backends("block_sparse", "cpu")[0]
-    assert "cpp" in FAST, "the C++ backend must build on this machine (g++, ninja)"
+    assert name == "cpp", "the C++ backend must build on this machine (g++, ninja)"
 
 
 @pytest.fixture

@@ -277,25 +277,30 @@ void dispatch_tiles(int64_t b, int64_t d, F&& f) {
   return f(Any{}, Any{});
 }
 
-// (b, h, seq, d) -> (b, h, nb, d, b): each block transposed, so that logits read rows of it.
-at::Tensor blocks_transposed(const at::Tensor& x, int64_t block_size) {
-  const int64_t nb = x.size(2) / block_size;
-  return x.view({x.size(0), x.size(1), nb, block_size, x.size(3)}).transpose(-1, -2).contiguous();
+// kt, vt: (batch, heads, nb, d, b), each key (value) block transposed so that the logits read
+// its rows; made by the caller, like every temporary the size of an input, so that it is a
+// tensor the memory accounting sees.
+void check_transposed(const at::Tensor& xt, const at::Tensor& q, const Shapes& s) {
+  TORCH_CHECK(xt.is_contiguous() && xt.dtype() == q.dtype() &&
+                  xt.sizes() == at::IntArrayRef({q.size(0), q.size(1), s.nb, s.d, s.b}),
+              "block_sparse: transposed blocks must be contiguous (batch, heads, nb, d, b)");
 }
 
+// k is not read: it is an input so that autograd routes the gradient of kt (a layout of k)
+// to it.
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, const at::Tensor& key_real,
+                                           const at::Tensor& kt, const at::Tensor& v, const at::Tensor& key_real,
                                            const at::Tensor& row_offsets,
                                            const at::Tensor& col_index, int64_t block_size,
                                            double scale) {
   const Shapes s = check(q, key_real, row_offsets, col_index, block_size);
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes() && k.is_contiguous() &&
-                  v.is_contiguous() && k.dtype() == q.dtype() && v.dtype() == q.dtype(),
-              "block_sparse: q, k, v must be contiguous with one shape and dtype");
+  TORCH_CHECK(v.sizes() == q.sizes() && k.sizes() == q.sizes() && v.is_contiguous() &&
+                  v.dtype() == q.dtype(),
+              "block_sparse: q, k and v must share one shape and dtype, v contiguous");
+  check_transposed(kt, q, s);
   at::Tensor out = at::empty_like(q);
   at::Tensor lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options());
   poison({&out, &lse});
-  const at::Tensor kt = blocks_transposed(k, block_size);
   const at::Tensor offsets = row_offsets.contiguous(), cols = col_index.contiguous();
   const at::Tensor real = key_real.contiguous();
   const bool threads = worth_threads(s, offsets);
@@ -310,27 +315,31 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& q, const at::Tensor
   return {out, lse};
 }
 
+// delta: (batch, heads, seq), dO_i . O_i - dlse_i, the row term of the softmax backward with
+// lse's gradient folded in.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
-    const at::Tensor& grad_out, const at::Tensor& grad_lse, const at::Tensor& q,
-    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const at::Tensor& grad_out, const at::Tensor& delta, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& kt, const at::Tensor& vt, const at::Tensor& lse,
     const at::Tensor& key_real, const at::Tensor& row_offsets, const at::Tensor& col_index,
     int64_t block_size, double scale) {
   const Shapes s = check(q, key_real, row_offsets, col_index, block_size);
-  const at::Tensor g = grad_out.contiguous();
-  // delta_i = dO_i . O_i - dlse_i: the row term of the softmax backward, lse's gradient folded in.
-  const at::Tensor delta = ((g * out).sum(-1) - grad_lse).contiguous();
-  const at::Tensor kt = blocks_transposed(k, block_size), vt = blocks_transposed(v, block_size);
-  at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(v);
+  TORCH_CHECK(grad_out.is_contiguous() && k.is_contiguous() && delta.is_contiguous() &&
+                  lse.is_contiguous() && grad_out.sizes() == q.sizes() && k.sizes() == q.sizes(),
+              "block_sparse: backward inputs must be contiguous, shaped like q");
+  check_transposed(kt, q, s);
+  check_transposed(vt, q, s);
+  const at::Tensor& g = grad_out;
+  at::Tensor grad_q = at::empty_like(q), grad_k = at::empty_like(k), grad_v = at::empty_like(q);
   poison({&grad_q, &grad_k, &grad_v});
   const at::Tensor offsets = row_offsets.contiguous(), cols = col_index.contiguous();
-  const at::Tensor real = key_real.contiguous(), lse_c = lse.contiguous();
+  const at::Tensor real = key_real.contiguous();
   const bool threads = worth_threads(s, offsets);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "block_sparse_backward", [&] {
     dispatch_tiles<scalar_t>(s.b, s.d, [&](auto B, auto D) {
       backward_impl<scalar_t, decltype(B)::value, decltype(D)::value>(
           s, threads, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), kt.data_ptr<scalar_t>(),
           vt.data_ptr<scalar_t>(), real.data_ptr<bool>(), offsets.data_ptr<int64_t>(),
-          cols.data_ptr<int64_t>(), static_cast<scalar_t>(scale), lse_c.data_ptr<scalar_t>(),
+          cols.data_ptr<int64_t>(), static_cast<scalar_t>(scale), lse.data_ptr<scalar_t>(),
           delta.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), grad_q.data_ptr<scalar_t>(),
           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>());
     });
@@ -341,9 +350,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(
 }  // namespace
 
 TORCH_LIBRARY(lra_block_sparse, m) {
-  m.def("forward(Tensor q, Tensor k, Tensor v, Tensor key_real, Tensor row_offsets, "
+  m.def("forward(Tensor q, Tensor k, Tensor kt, Tensor v, Tensor key_real, Tensor row_offsets, "
         "Tensor col_index, int block_size, float scale) -> (Tensor, Tensor)");
-  m.def("backward(Tensor grad_out, Tensor grad_lse, Tensor q, Tensor k, Tensor v, Tensor out, "
+  m.def("backward(Tensor grad_out, Tensor delta, Tensor q, Tensor k, Tensor kt, Tensor vt, "
         "Tensor lse, Tensor key_real, Tensor row_offsets, Tensor col_index, int block_size, "
         "float scale) -> (Tensor, Tensor, Tensor)");
 }
