@@ -17,13 +17,15 @@ Backward, g = d loss / d out:
       c(y) = min(10, 1 / sqrt(1 - y^2)),
     dk_j the same with the roles of (q, g) and (k, v) swapped. Each colliding pair counts once,
     however many rounds it collided in, and nothing is divided by m: it is the gradient of the
-    expected forward, sum_j dB/dx (g_i . v_j) k_j, restricted to the sampled support U_i, not an
-    unbiased estimate of it. Its expectation over hash draws is
+    expected forward, sum_j B'(q_i . k_j) (g_i . v_j) k_j, with B' taken at 0.99 q.k (and no
+    chain factor 0.99) and the sum restricted to the sampled support U_i; not an unbiased
+    estimate of that gradient. Its expectation over hash draws is
       E[dq_i] = sum_j (1 - (1 - B_ij)^m) w(q_i . k_j) (g_i . v_j) k_j.
-    (0.99 keeps y off +-1, where 1 / sqrt(1 - y^2) diverges; for unit q, k the clip at 10 never
-    binds, since 1 / sqrt(1 - 0.99^2) = 7.09.) The published kernel evaluates arccos, the power and
-    1 / sqrt from 32-entry linear-interpolation tables and, past 1024 keys, keeps U_i in 1024
-    slots (key j in slot j mod 1024, one random survivor per slot); here they are exact.
+    0.99 keeps y off +-1, where 1 / sqrt(1 - y^2) diverges (a query and its own key); for unit
+    q, k the clip at 10 never binds, since 1 / sqrt(1 - 0.99^2) = 7.09. The published kernel
+    evaluates arccos, the power and 1 / sqrt(1 - y^2 + 1e-6) from 32-entry linear-interpolation
+    tables and, past 1024 keys, keeps U_i in 1024 slots (key j in slot j mod 1024, one random
+    survivor per slot); here all three are exact (no 1e-6) and U_i is complete.
   "v1" (the YOSO paper's shortcut; HuggingFace's lsh_backward):
       dq_i = (tau / 2) mean_r sum_j S^r_ij (g_i . v_j) k_j,   dk_j likewise;
     an unbiased estimate of sum_j (tau / 2) B_ij (g_i . v_j) k_j: dB/dx replaced by (tau / 2) B.
