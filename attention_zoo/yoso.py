@@ -1,13 +1,13 @@
-"""YOSO (Zeng et al., ICML 2021): attention as LSH Bernoulli sampling, in pure PyTorch.
+"""YOSO (Zeng et al., ICML 2021): attention as LSH Bernoulli sampling.
 
 q and k are L2-normalised. Each of `num_hash` rounds draws tau random hyperplanes (SimHash); a
 vector's tau sign bits form its code, and keys with the same code share one of 2^tau buckets. The
-round's estimate for a query is the sum of v over the keys in its bucket, one scatter-add into
-2^tau buckets per (batch, head, round) and one gather. The output is the L2-normalised mean over
-rounds. A key collides with a query in a round with probability (1 - arccos(q.k) / pi)^tau, so the
-mean over rounds estimates B v with B_ij = (1 - arccos(q_i.k_j) / pi)^tau (unnormalised: this is
-YOSO's own kernel, not an estimate of softmax attention). Padded keys are routed to an extra trash
-bucket that no query reads, so they never land in a real bucket.
+round's estimate for a query is the sum of v over the keys in its bucket (kernels.lsh). The
+output is the L2-normalised mean over rounds. A key collides with a query in a round with
+probability (1 - arccos(q.k) / pi)^tau, so the mean over rounds estimates B v with
+B_ij = (1 - arccos(q_i.k_j) / pi)^tau (unnormalised: this is YOSO's own kernel, not an estimate
+of softmax attention). Padded keys are routed to an extra trash bucket that no query reads, so
+they never land in a real bucket.
 
 Short examples. The paper's per-task tau is ceil(log2(max length)): about one bucket per token.
 With that tau an example much shorter than the maximum has far more buckets than keys, so most
@@ -17,18 +17,20 @@ and gets no gradient at all). Each example therefore keeps at most ceil(log2 L) 
 examples within 4x of the task's maximum length at the paper's tau. Its kernel exponent is then
 that example's tau. `tau_slack: null` restores the paper's fixed tau.
 
-Backward (LSHCumulation), following the paper's LSH backward (YOSO v1):
-  - dv_j = mean_r sum_i S^r_ij g_i, the exact gradient of the sampled path (S^r_ij = 1 when q_i
-    and k_j collide in round r), by the same bucket scheme with queries and keys swapped;
-  - dq_i = (tau / 2) mean_r sum_j S^r_ij (g_i . v_j) k_j and dk_j the same with q_i for k_j: the
-    gradient of the expected kernel B with its derivative dB/d(q.k) replaced by (tau / 2) B,
-    which the forward's collisions estimate without bias. The true derivative is B times
-    tau / (pi sin t (1 - t / pi)) (t = arccos q.k): at least 0.57 tau (near t = 1.35) and
-    unbounded as q.k -> +-1, e.g. for a query and its own key, so its sampled version would be
-    unbounded too; the surrogate keeps the sign and the order of magnitude and stays bounded.
-    The products (g_i . v_j) k_j are bucketed as v_j k_j^T per value channel, in channel chunks
-    that bound the table size.
+Backward (option `backward`; kernels/lsh/__init__.py has the exact formulas). dv is the exact
+gradient of the sampled forward. dq and dk need an estimator, since the sampled collisions have
+no derivative:
+  - "v2" (default): the published one, YOSO's v2 CUDA kernel, which the MRA paper's LRA
+    comparison ran, so our numbers compare with the paper's. Each query-key pair that collided
+    in at least one round contributes once, weighted by dB/d(q.k) of the expected kernel B
+    (at 0.99 q.k, which keeps the derivative finite for a query and its own key).
+  - "v1": the YOSO paper's shortcut, (tau / 2) times the sampled collisions averaged over rounds,
+    an unbiased estimate of the gradient of B with dB/d(q.k) replaced by (tau / 2) B.
 So q, k and v all get finite gradients, nonzero wherever some query-key pair collided.
+
+Kernels (option `backend`): kernels.lsh runs the cumulation and its backward in C++/OpenMP
+("cpp", the default on CPU through "auto") or in PyTorch ("reference", any device); both give the
+same result for the same hash draws. `backend_in_use` names the one the last forward ran.
 
 Randomness, addressed by draw number as in random_features.py. The module's seed is the option
 `seed`, else one draw from the global RNG at construction. Training: call t (t = 1, 2, ...) draws
@@ -47,95 +49,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kernels.backend import BACKENDS
+from kernels.lsh import ESTIMATORS, lsh_cumulation, simhash_codes
+
 from .conv_branch import ConvOptions, WithConvBranch
 from .masking import row_mask
 from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
-
-# Most table entries (fp32 values) one chunk of the weighted backward may allocate (256 MiB).
-TABLE_BUDGET = 2**26
-
-
-def simhash_codes(x: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
-    """SimHash codes: x (batch, heads, seq, d), planes (heads, rounds, d, tau) -> (rounds, batch,
-    heads, seq) int64 in [0, 2^tau): bit t is 1 when x lies on the positive side of plane t."""
-    tau = planes.shape[-1]
-    powers = 2 ** torch.arange(tau, device=x.device)
-    return torch.stack([
-        ((x @ planes[:, r]) > 0).long() @ powers for r in range(planes.shape[1])
-    ])
-
-
-def bucket_cumulation(
-    codes_out: torch.Tensor, codes_in: torch.Tensor, values: torch.Tensor, num_buckets: int
-) -> torch.Tensor:
-    """out[..., i, :] = sum_j [codes_out[..., i] == codes_in[..., j]] values[..., j, :].
-
-    codes_out: (batch, heads, n_out), codes_in: (batch, heads, n_in) in [0, num_buckets);
-    values: (batch, heads, n_in, e) -> (batch, heads, n_out, e). One scatter-add into a
-    (batch * heads * num_buckets, e) table, one gather.
-    """
-    batch, heads, n_in, e = values.shape
-    offset = torch.arange(batch * heads, device=values.device).view(batch, heads, 1) * num_buckets
-    table = values.new_zeros(batch * heads * num_buckets, e)
-    table.index_add_(0, (codes_in + offset).flatten(), values.reshape(-1, e))
-    return table[(codes_out + offset).flatten()].view(batch, heads, -1, e)
-
-
-def weighted_bucket_cumulation(
-    codes_out: torch.Tensor, x_out: torch.Tensor, codes_in: torch.Tensor, y_in: torch.Tensor,
-    z_in: torch.Tensor, num_buckets: int,
-) -> torch.Tensor:
-    """out_a = sum_b [code_a == code_b] (x_a . y_b) z_b, with x, y: (batch, heads, n, e) and
-    z: (batch, heads, n_in, d): buckets hold sum_b y_b[w] z_b per channel w, chunked over w."""
-    batch, heads, n_in, e = y_in.shape
-    dim = z_in.shape[-1]
-    rows = batch * heads * max(num_buckets, n_in, x_out.shape[2])
-    chunk = max(1, min(e, TABLE_BUDGET // (rows * dim)))
-    out = z_in.new_zeros(batch, heads, x_out.shape[2], dim)
-    for w in range(0, e, chunk):
-        outer = (y_in[..., w:w + chunk, None] * z_in[..., None, :]).flatten(-2)
-        summed = bucket_cumulation(codes_out, codes_in, outer, num_buckets).unflatten(-1, (-1, dim))
-        out = out + (x_out[..., w:w + chunk, None] * summed).sum(dim=-2)
-    return out
-
-
-class LSHCumulation(torch.autograd.Function):
-    """mean over rounds of the bucket sums of v; backward as in the module docstring.
-
-    q, k: (batch, heads, seq, d) normalised; v: (batch, heads, seq, d) with padded rows zero;
-    q_codes, k_codes: (rounds, batch, heads, seq) in [0, buckets - 1), padded keys in the trash
-    bucket buckets - 1; bits: (batch,) each example's tau.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, q_codes, k_codes, bits, buckets):
-        rounds = q_codes.shape[0]
-        out = sum(bucket_cumulation(q_codes[r], k_codes[r], v, buckets) for r in range(rounds))
-        ctx.save_for_backward(q, k, v, q_codes, k_codes, bits)
-        ctx.buckets = buckets
-        return out / rounds
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, k, v, q_codes, k_codes, bits = ctx.saved_tensors
-        buckets = ctx.buckets
-        rounds = q_codes.shape[0]
-        grad_q = grad_k = grad_v = None
-        if ctx.needs_input_grad[2]:
-            grad_v = sum(bucket_cumulation(k_codes[r], q_codes[r], grad, buckets)
-                         for r in range(rounds)) / rounds
-        # dB/d(q.k) ~ (tau / 2) B with each example's tau, averaged over rounds.
-        surrogate = (bits / 2 / rounds).to(grad.dtype)[:, None, None, None]
-        if ctx.needs_input_grad[0]:
-            grad_q = surrogate * sum(
-                weighted_bucket_cumulation(q_codes[r], grad, k_codes[r], v, k, buckets)
-                for r in range(rounds))
-        if ctx.needs_input_grad[1]:
-            grad_k = surrogate * sum(
-                weighted_bucket_cumulation(k_codes[r], v, q_codes[r], grad, q, buckets)
-                for r in range(rounds))
-        return grad_q, grad_k, grad_v, None, None, None, None
 
 
 @dataclass
@@ -145,12 +65,20 @@ class YosoOptions:
     # Per example, tau <= ceil(log2(real length)) + tau_slack; None = the paper's fixed tau.
     tau_slack: int | None = 2
     seed: int | None = None  # None: drawn from the global RNG at construction
+    backward: str = "v2"  # q/k gradient estimator: "v2" published, "v1" the paper's (tau / 2) B
+    backend: str = "auto"  # kernels.lsh backend: auto, cpp or reference
 
     def validate(self) -> None:
         require_ints("yoso", self, nullable=("tau_slack", "seed"), num_hash=1, tau=1,
                      tau_slack=0, seed=0)
         if self.tau > 24:
             raise AttentionError(f"yoso: tau must be <= 24 (2^tau buckets), got {self.tau}")
+        if self.backward not in ESTIMATORS:
+            raise AttentionError(f"yoso: backward must be one of {', '.join(ESTIMATORS)}, got "
+                                 f"{self.backward!r}")
+        if self.backend not in BACKENDS:
+            raise AttentionError(f"yoso: backend must be one of {', '.join(BACKENDS)}, got "
+                                 f"{self.backend!r}")
 
 
 @register_attention("yoso", YosoOptions)
@@ -163,6 +91,7 @@ class YosoAttention(Attention):
         super().__init__(**kwargs)
         self.seed = module_seed(self.options.seed)
         self.training_calls = 0
+        self.backend_in_use: str | None = None  # the kernels.lsh backend of the last forward
         self.register_buffer("eval_planes", self.draw_planes(0))
 
     def get_extra_state(self):
@@ -204,7 +133,8 @@ class YosoAttention(Attention):
         q_codes = simhash_codes(q, planes) & low
         k_codes = (simhash_codes(k, planes) & low).masked_fill(~mask[:, None, :], 2**tau)
         v = torch.where(row_mask(mask), v, 0)
-        out = LSHCumulation.apply(q, k, v, q_codes, k_codes, bits, 2**tau + 1)
+        out, self.backend_in_use = lsh_cumulation(q, k, v, q_codes, k_codes, bits, 2**tau + 1,
+                                                  self.options.backward, self.options.backend)
         return F.normalize(out, dim=-1)
 
 

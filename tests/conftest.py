@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -9,9 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from attention_zoo import options_class
 from data_prep import listops
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def kernel_backend_options(name: str) -> dict:
+    """LRA_KERNEL_BACKEND=reference (or cpp, ...) runs the attention suites on that kernels backend:
+    {"backend": it} for an attention with a `backend` option, else {} (unset: its default, auto)."""
+    backend = os.environ.get("LRA_KERNEL_BACKEND")
+    if not backend or "backend" not in {f.name for f in dataclasses.fields(options_class(name))}:
+        return {}
+    return {"backend": backend}
 
 
 @pytest.fixture(scope="session")

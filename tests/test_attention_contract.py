@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import kernel_backend_options
 
 from attention_zoo import AttentionError, build_attention, list_attentions
 
@@ -14,7 +15,7 @@ ALL = list_attentions()
 def make(name: str, seed: int = 0, **options):
     torch.manual_seed(seed)
     return build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=MAX_LEN,
-                           **options)
+                           **{**kernel_backend_options(name), **options})
 
 
 def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=None):

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import kernel_backend_options
 
 from attention_zoo import AttentionError, build_attention
 from attention_zoo.blocks import neighbour_blocks
@@ -16,7 +17,7 @@ from attention_zoo.conv_branch import ConvBranch
 from attention_zoo.pinv import newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
 from attention_zoo.structured import relative_error, structured_qkv
-from attention_zoo.yoso import LSHCumulation, bucket_cumulation, simhash_codes
+from kernels.lsh.reference import bucket_cumulation, simhash_codes
 
 HEADS, DIM = 2, 16
 OURS = ["nystrom", "nystrom_conv", "soft", "soft_conv", "yoso", "yoso_conv", "h_transformer_1d"]
@@ -24,7 +25,8 @@ OURS = ["nystrom", "nystrom_conv", "soft", "soft_conv", "yoso", "yoso_conv", "h_
 
 def make(name: str, max_len: int, **options):
     torch.manual_seed(0)
-    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len, **options)
+    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len,
+                           **{**kernel_backend_options(name), **options})
 
 
 def suffix_mask(lengths: list[int], seq: int) -> torch.Tensor:
@@ -107,6 +109,7 @@ def test_conv_branch_ignores_padded_values():
     ("yoso", "tau", 10.5), ("yoso", "tau", True), ("yoso", "tau", 0), ("yoso", "tau", 25),
     ("yoso", "num_hash", 2.5), ("yoso", "num_hash", -1), ("yoso", "tau_slack", 1.5),
     ("yoso", "tau_slack", -1), ("yoso", "seed", 1.0), ("yoso", "seed", -1),
+    ("yoso", "backend", "gpu"), ("yoso", "backward", "v3"), ("yoso_conv", "backend", "cuda"),
     ("yoso_conv", "conv_kernel", 33.0),
     ("h_transformer_1d", "block_size", 16.0), ("h_transformer_1d", "block_size", True),
     ("h_transformer_1d", "block_size", -2), ("h_transformer_1d", "block_size", 15),
@@ -302,32 +305,6 @@ def test_yoso_collision_rate_is_the_expected_kernel():
           ", ".join(f"{c:.2f}: {w:.4f}/{e:.4f}" for c, w, e in zip(cosines.tolist(),
                     weight.tolist(), expected.tolist(), strict=True)))
     assert ((weight - expected).abs() <= 4 * stderr + 1e-3).all()
-
-
-def test_yoso_backward_is_the_documented_estimator():
-    """dv = mean_r S_r^T g; dq = tau/2 mean_r sum_j S_r[i, j] (g_i . v_j) k_j; dk symmetric,
-    checked against dense S_r built from the same codes."""
-    gen = torch.Generator().manual_seed(7)
-    batch, seq, tau, rounds = 2, 40, 3, 5
-    q, k, v, g = (torch.randn(batch, HEADS, seq, DIM, generator=gen, dtype=torch.float64)
-                  for _ in range(4))
-    planes = torch.randn(HEADS, rounds, DIM, tau, generator=gen, dtype=torch.float64)
-    q_codes, k_codes = simhash_codes(q, planes), simhash_codes(k, planes)
-    k_codes[:, 1, :, 30:] = 2**tau  # padded keys of example 1 in the trash bucket
-    v[1, :, 30:] = 0
-    bits = torch.tensor([tau, tau - 1])
-    q_codes[:, 1] &= 2 ** (tau - 1) - 1  # example 1 hashes with one bit fewer
-    k_codes[:, 1, :, :30] &= 2 ** (tau - 1) - 1
-    leaves = [x.clone().requires_grad_(True) for x in (q, k, v)]
-    out = LSHCumulation.apply(*leaves, q_codes, k_codes, bits, 2**tau + 1)
-    out.backward(g)
-    s = (q_codes[..., :, None] == k_codes[..., None, :]).double().mean(0)  # (batch, heads, n, n)
-    half_tau = (bits / 2).double()[:, None, None, None]
-    gv = g @ v.transpose(-1, -2)  # g_i . v_j
-    torch.testing.assert_close(out, s @ v)
-    torch.testing.assert_close(leaves[2].grad, s.transpose(-1, -2) @ g)
-    torch.testing.assert_close(leaves[0].grad, half_tau * (s * gv) @ k)
-    torch.testing.assert_close(leaves[1].grad, half_tau * (s * gv).transpose(-1, -2) @ q)
 
 
 @pytest.mark.parametrize("name", ["yoso", "yoso_conv"])

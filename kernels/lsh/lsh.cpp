@@ -1,0 +1,290 @@
+// YOSO's bucket cumulation and its q/k gradient estimators on the CPU (ops lra_lsh::*).
+//
+// Shapes: codes (rounds, batch, heads, n) int64 in [0, 2^31); vectors (batch, heads, n, dim);
+// bits (batch,) int64. Work is split over (batch * heads) with at::parallel_for (OpenMP in
+// torch's CPU builds, so torch.set_num_threads applies). Per (batch, head) and round the input
+// side is sorted by code once (std::sort, so no 2^tau table, whatever tau is); an output row then
+// finds its bucket by binary search. The forward sums each bucket once (O(n d) per round); the
+// weighted backward walks the colliding pairs (O(collisions d)), never an (e x d) bucket table.
+// The estimators are described in kernels/lsh/__init__.py; reference.py is the oracle.
+//
+// Every output element is written exactly once at the end of its row's work; with the
+// environment variable LRA_KERNELS_POISON=1 outputs start as NaN, so a test sees any element a
+// bug leaves unwritten.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr double kV2Scale = 0.99;       // the published kernel's similarity scale
+constexpr double kV2InvSqrtClip = 10.0;  // ... and its clip on 1 / sqrt(1 - x^2)
+
+// Input rows of one (batch, head) and round, sorted by code: codes[s] is the code of row index[s].
+struct SortedRound {
+  std::vector<int64_t> codes;
+  std::vector<int32_t> index;
+
+  void build(const int64_t* row_codes, int64_t n) {
+    std::vector<uint64_t> packed(n);  // code in the high half: one sort orders (code, row)
+    for (int64_t j = 0; j < n; ++j) {
+      packed[j] = (static_cast<uint64_t>(row_codes[j]) << 32) | static_cast<uint64_t>(j);
+    }
+    std::sort(packed.begin(), packed.end());
+    codes.resize(n);
+    index.resize(n);
+    for (int64_t s = 0; s < n; ++s) {
+      codes[s] = static_cast<int64_t>(packed[s] >> 32);
+      index[s] = static_cast<int32_t>(packed[s] & 0xffffffffu);
+    }
+  }
+
+  // [lo, hi): the sorted positions whose code is `code`.
+  std::pair<int64_t, int64_t> bucket(int64_t code) const {
+    auto range = std::equal_range(codes.begin(), codes.end(), code);
+    return {range.first - codes.begin(), range.second - codes.begin()};
+  }
+};
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t n) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename T>
+inline void axpy(T alpha, const T* x, T* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim, 1 / sqrt(1 - x^2) clipped at 10.
+template <typename T>
+inline T v2_weight(T sim, T tau) {
+  const T x = static_cast<T>(kV2Scale) * sim;
+  const T inv_sqrt = std::min(static_cast<T>(kV2InvSqrtClip), 1 / std::sqrt(1 - x * x));
+  const T pi = static_cast<T>(M_PI);
+  return tau * std::pow(1 - std::acos(x) / pi, tau - 1) * inv_sqrt / pi;
+}
+
+at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
+  const char* poison = std::getenv("LRA_KERNELS_POISON");
+  if (poison != nullptr && std::string(poison) == "1") {
+    return at::full(sizes, std::numeric_limits<double>::quiet_NaN(), like.options());
+  }
+  return at::empty(sizes, like.options());
+}
+
+void check_codes(const at::Tensor& codes, const char* name, int64_t rounds, int64_t batch,
+                 int64_t heads) {
+  TORCH_CHECK(codes.scalar_type() == at::kLong && codes.dim() == 4,
+              "lra_lsh: ", name, " must be int64 (rounds, batch, heads, n), got ",
+              codes.scalar_type(), " of shape ", codes.sizes());
+  TORCH_CHECK(codes.size(0) == rounds && codes.size(1) == batch && codes.size(2) == heads,
+              "lra_lsh: ", name, " has shape ", codes.sizes(), "; expected (", rounds, ", ", batch,
+              ", ", heads, ", n)");
+  if (codes.numel() > 0) {
+    TORCH_CHECK(codes.min().item<int64_t>() >= 0 &&
+                    codes.max().item<int64_t>() <= std::numeric_limits<int32_t>::max(),
+                "lra_lsh: ", name, " must lie in [0, 2^31)");
+  }
+}
+
+void check_rows(const at::Tensor& x, const char* name, int64_t batch, int64_t heads, int64_t n,
+                const at::Tensor& like) {
+  TORCH_CHECK(x.dim() == 4 && x.size(0) == batch && x.size(1) == heads && x.size(2) == n,
+              "lra_lsh: ", name, " has shape ", x.sizes(), "; expected (", batch, ", ", heads,
+              ", ", n, ", dim)");
+  TORCH_CHECK(x.scalar_type() == like.scalar_type() && x.device().is_cpu(),
+              "lra_lsh: ", name, " must be a CPU tensor of ", like.scalar_type(), ", got ",
+              x.scalar_type(), " on ", x.device());
+}
+
+// mean_r sum_j [codes_out[r, i] == codes_in[r, j]] values_j.
+at::Tensor cumulation(const at::Tensor& codes_out_, const at::Tensor& codes_in_,
+                      const at::Tensor& values_) {
+  TORCH_CHECK(values_.dim() == 4, "lra_lsh: values must be (batch, heads, n_in, e), got ",
+              values_.sizes());
+  const int64_t batch = values_.size(0), heads = values_.size(1), n_in = values_.size(2),
+                e = values_.size(3), rounds = codes_out_.size(0), n_out = codes_out_.size(3);
+  TORCH_CHECK(rounds > 0, "lra_lsh: need at least one round of codes");
+  check_codes(codes_out_, "codes_out", rounds, batch, heads);
+  check_codes(codes_in_, "codes_in", rounds, batch, heads);
+  TORCH_CHECK(codes_in_.size(3) == n_in, "lra_lsh: codes_in has ", codes_in_.size(3),
+              " rows, values has ", n_in);
+  TORCH_CHECK(values_.device().is_cpu(), "lra_lsh: values must be on the CPU");
+  const at::Tensor codes_out = codes_out_.contiguous(), codes_in = codes_in_.contiguous(),
+                   values = values_.contiguous();
+  at::Tensor out = new_output(values, {batch, heads, n_out, e});
+  const int64_t bh_count = batch * heads;
+
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "lra_lsh::cumulation", [&] {
+    const int64_t* co = codes_out.data_ptr<int64_t>();
+    const int64_t* ci = codes_in.data_ptr<int64_t>();
+    const scalar_t* val = values.data_ptr<scalar_t>();
+    scalar_t* res = out.data_ptr<scalar_t>();
+    at::parallel_for(0, bh_count, 1, [&](int64_t begin, int64_t end) {
+      SortedRound sorted;
+      std::vector<int64_t> seg_code;  // the distinct codes of the round, ascending
+      std::vector<scalar_t> seg_sum;  // (segments, e): sum of the values in each bucket
+      std::vector<scalar_t> acc(n_out * e);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const scalar_t* v_bh = val + bh * n_in * e;
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        for (int64_t r = 0; r < rounds; ++r) {
+          sorted.build(ci + (r * bh_count + bh) * n_in, n_in);
+          seg_code.clear();
+          seg_sum.clear();
+          for (int64_t s = 0; s < n_in; ++s) {
+            if (seg_code.empty() || seg_code.back() != sorted.codes[s]) {
+              seg_code.push_back(sorted.codes[s]);
+              seg_sum.resize(seg_sum.size() + e, scalar_t(0));
+            }
+            axpy(scalar_t(1), v_bh + sorted.index[s] * e, seg_sum.data() + seg_sum.size() - e, e);
+          }
+          const int64_t* co_r = co + (r * bh_count + bh) * n_out;
+          for (int64_t i = 0; i < n_out; ++i) {
+            auto it = std::lower_bound(seg_code.begin(), seg_code.end(), co_r[i]);
+            if (it != seg_code.end() && *it == co_r[i]) {
+              axpy(scalar_t(1), seg_sum.data() + (it - seg_code.begin()) * e, acc.data() + i * e,
+                   e);
+            }
+          }
+        }
+        scalar_t* res_bh = res + bh * n_out * e;
+        const scalar_t scale = scalar_t(1) / static_cast<scalar_t>(rounds);
+        for (int64_t t = 0; t < n_out * e; ++t) res_bh[t] = acc[t] * scale;
+      }
+    });
+  });
+  return out;
+}
+
+// v1: (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b;
+// v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}.
+at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& sim_out_,
+                               const at::Tensor& x_out_, const at::Tensor& codes_in_,
+                               const at::Tensor& y_in_, const at::Tensor& z_in_,
+                               const at::Tensor& bits_, c10::string_view estimator) {
+  const bool v2 = estimator == "v2";
+  TORCH_CHECK(v2 || estimator == "v1", "lra_lsh: estimator must be 'v1' or 'v2', got '",
+              std::string(estimator), "'");
+  TORCH_CHECK(z_in_.dim() == 4, "lra_lsh: z_in must be (batch, heads, n_in, d), got ",
+              z_in_.sizes());
+  const int64_t batch = z_in_.size(0), heads = z_in_.size(1), n_in = z_in_.size(2),
+                d = z_in_.size(3), rounds = codes_out_.size(0), n_out = codes_out_.size(3);
+  TORCH_CHECK(rounds > 0, "lra_lsh: need at least one round of codes");
+  check_codes(codes_out_, "codes_out", rounds, batch, heads);
+  check_codes(codes_in_, "codes_in", rounds, batch, heads);
+  TORCH_CHECK(codes_in_.size(3) == n_in, "lra_lsh: codes_in has ", codes_in_.size(3),
+              " rows, z_in has ", n_in);
+  TORCH_CHECK(z_in_.device().is_cpu(), "lra_lsh: z_in must be on the CPU");
+  check_rows(x_out_, "x_out", batch, heads, n_out, z_in_);
+  check_rows(y_in_, "y_in", batch, heads, n_in, z_in_);
+  TORCH_CHECK(x_out_.size(3) == y_in_.size(3), "lra_lsh: x_out and y_in differ in width");
+  if (v2) {
+    check_rows(sim_out_, "sim_out", batch, heads, n_out, z_in_);
+    TORCH_CHECK(sim_out_.size(3) == d, "lra_lsh: sim_out and z_in differ in width");
+  }
+  TORCH_CHECK(bits_.dim() == 1 && bits_.size(0) == batch,
+              "lra_lsh: bits must be (batch,), got ", bits_.sizes());
+  const at::Tensor codes_out = codes_out_.contiguous(), codes_in = codes_in_.contiguous(),
+                   x_out = x_out_.contiguous(), y_in = y_in_.contiguous(),
+                   z_in = z_in_.contiguous(), sim_out = sim_out_.contiguous(),
+                   bits = bits_.to(at::kLong).contiguous();
+  const int64_t e = x_out.size(3), bh_count = batch * heads;
+  at::Tensor out = new_output(z_in, {batch, heads, n_out, d});
+
+  AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "lra_lsh::weighted_cumulation", [&] {
+    const int64_t* co = codes_out.data_ptr<int64_t>();
+    const int64_t* ci = codes_in.data_ptr<int64_t>();
+    const scalar_t* xo = x_out.data_ptr<scalar_t>();
+    const scalar_t* yi = y_in.data_ptr<scalar_t>();
+    const scalar_t* zi = z_in.data_ptr<scalar_t>();
+    const scalar_t* so = v2 ? sim_out.data_ptr<scalar_t>() : nullptr;
+    const int64_t* tau_of = bits.data_ptr<int64_t>();
+    scalar_t* res = out.data_ptr<scalar_t>();
+    at::parallel_for(0, bh_count, 1, [&](int64_t begin, int64_t end) {
+      std::vector<SortedRound> sorted(rounds);
+      std::vector<int64_t> seen(n_in);  // v2: seen[b] == a once b joined U_a
+      std::vector<int32_t> members;     // v2: U_a
+      std::vector<scalar_t> acc(d);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const scalar_t tau = static_cast<scalar_t>(tau_of[bh / heads]);
+        const scalar_t scale = v2 ? scalar_t(1) : tau / 2 / static_cast<scalar_t>(rounds);
+        const scalar_t* y_bh = yi + bh * n_in * e;
+        const scalar_t* z_bh = zi + bh * n_in * d;
+        for (int64_t r = 0; r < rounds; ++r) sorted[r].build(ci + (r * bh_count + bh) * n_in, n_in);
+        std::fill(seen.begin(), seen.end(), int64_t(-1));
+        for (int64_t a = 0; a < n_out; ++a) {
+          const scalar_t* x_a = xo + (bh * n_out + a) * e;
+          std::fill(acc.begin(), acc.end(), scalar_t(0));
+          members.clear();
+          for (int64_t r = 0; r < rounds; ++r) {
+            const auto [lo, hi] = sorted[r].bucket(co[(r * bh_count + bh) * n_out + a]);
+            for (int64_t s = lo; s < hi; ++s) {
+              const int32_t b = sorted[r].index[s];
+              if (!v2) {
+                axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+              } else if (seen[b] != a) {
+                seen[b] = a;
+                members.push_back(b);
+              }
+            }
+          }
+          if (v2) {
+            const scalar_t* sim_a = so + (bh * n_out + a) * d;
+            for (const int32_t b : members) {
+              const scalar_t w = v2_weight(dot(sim_a, z_bh + b * d, d), tau);
+              axpy(w * dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+            }
+          }
+          scalar_t* res_a = res + (bh * n_out + a) * d;
+          for (int64_t t = 0; t < d; ++t) res_a[t] = acc[t] * scale;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// The differentiable entry point: q and k only feed the backward (see cpu.py).
+at::Tensor lsh_cumulation(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& q_codes, const at::Tensor& k_codes,
+                          const at::Tensor& bits, c10::string_view estimator) {
+  TORCH_CHECK(estimator == "v1" || estimator == "v2",
+              "lra_lsh: estimator must be 'v1' or 'v2', got '", std::string(estimator), "'");
+  TORCH_CHECK(v.dim() == 4, "lra_lsh: v must be (batch, heads, n_k, d), got ", v.sizes());
+  check_rows(q, "q", v.size(0), v.size(1), q_codes.size(3), v);
+  check_rows(k, "k", v.size(0), v.size(1), v.size(2), v);
+  TORCH_CHECK(bits.dim() == 1 && bits.size(0) == v.size(0),
+              "lra_lsh: bits must be (batch,), got ", bits.sizes());
+  return cumulation(q_codes, k_codes, v);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(lra_lsh, m) {
+  m.def("cumulation(Tensor codes_out, Tensor codes_in, Tensor values) -> Tensor");
+  m.def("weighted_cumulation(Tensor codes_out, Tensor sim_out, Tensor x_out, Tensor codes_in, "
+        "Tensor y_in, Tensor z_in, Tensor bits, str estimator) -> Tensor");
+  m.def("lsh_cumulation(Tensor q, Tensor k, Tensor v, Tensor q_codes, Tensor k_codes, "
+        "Tensor bits, str estimator) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lra_lsh, CPU, m) {
+  m.impl("cumulation", &cumulation);
+  m.impl("weighted_cumulation", &weighted_cumulation);
+  m.impl("lsh_cumulation", &lsh_cumulation);
+}

@@ -1,0 +1,239 @@
+"""kernels.lsh: the C++ backend equals the reference for the same hash draws, both equal the
+estimators written densely from the collision matrices, v2's mean over draws is its stated
+expectation, and backend choice falls back as documented. The C++ library builds once per
+machine (cached by torch), about a minute the first time."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels.backend as kb
+from attention_zoo import build_attention
+from kernels.backend import BackendError, resolve
+from kernels.lsh import lsh_cumulation, reference, simhash_codes
+
+
+@pytest.fixture(scope="module")
+def cpp():
+    try:
+        return resolve("lsh", "cpp", "cpu")[1]
+    except BackendError as err:  # a machine without a compiler: say so, do not hide it
+        pytest.fail(f"the lsh C++ backend did not build: {err}")
+
+
+@dataclasses.dataclass
+class Case:
+    """Inputs as YosoAttention makes them: unit q, k; padded keys in the trash bucket 2^tau and
+    their v rows zero; each example's codes cut to its own bits."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    g: torch.Tensor  # an output gradient
+    q_codes: torch.Tensor
+    k_codes: torch.Tensor
+    bits: torch.Tensor
+    num_buckets: int
+
+
+def make_case(seed: int, n: int, d: int, tau: int, rounds: int, dtype=torch.float64,
+              batch: int = 2, heads: int = 2, planes: torch.Tensor | None = None) -> Case:
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, g = (torch.randn(batch, heads, n, d, generator=gen, dtype=dtype) for _ in range(4))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    lengths = torch.randint(1, n + 1, (batch,), generator=gen)
+    lengths[0] = n
+    mask = torch.arange(n)[None, :] < lengths[:, None]  # (batch, n)
+    bits = torch.randint(1, tau + 1, (batch,), generator=gen)
+    bits[0] = tau
+    if planes is None:
+        planes = torch.randn(heads, rounds, d, tau, generator=gen, dtype=dtype)
+    low = ((1 << bits) - 1)[:, None, None]
+    q_codes = simhash_codes(q, planes) & low
+    k_codes = (simhash_codes(k, planes) & low).masked_fill(~mask[:, None, :], 2**tau)
+    v = torch.where(mask[:, None, :, None], v, 0)
+    return Case(q, k, v, g, q_codes, k_codes, bits, 2**tau + 1)
+
+
+def run(module, case: Case, estimator: str):
+    """(out, dq, dk, dv) of module.lsh_cumulation for the case's output gradient."""
+    leaves = [x.clone().requires_grad_(True) for x in (case.q, case.k, case.v)]
+    out = module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits, case.num_buckets,
+                                estimator)
+    out.backward(case.g)
+    return [out.detach(), *(x.grad for x in leaves)]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def dense(case: Case, estimator: str):
+    """(out, dq, dk, dv) written with the (n, n) collision matrices S^r of the codes."""
+    s = (case.q_codes[..., :, None] == case.k_codes[..., None, :]).to(case.v.dtype)
+    mean_s, union = s.mean(0), s.amax(0)  # (batch, heads, n, n)
+    tau = case.bits.to(case.v.dtype)[:, None, None, None]
+    gv = case.g @ case.v.transpose(-1, -2)  # g_i . v_j
+    if estimator == "v1":
+        pair = tau / 2 * mean_s * gv
+    else:
+        y = 0.99 * case.q @ case.k.transpose(-1, -2)
+        slope = tau * (1 - torch.arccos(y) / math.pi) ** (tau - 1) / math.pi
+        pair = union * slope * (1 - y**2).rsqrt().clamp_max(10) * gv
+    return (mean_s @ case.v, pair @ case.k, pair.transpose(-1, -2) @ case.q,
+            mean_s.transpose(-1, -2) @ case.g)
+
+
+# Lengths 1..600 (non-powers of 2), head_dim 16..128, tau 1..12, rounds 1..16.
+SHAPES = [(1, 16, 1, 1), (7, 16, 3, 2), (64, 32, 6, 16), (129, 64, 12, 4), (300, 128, 9, 8),
+          (600, 48, 12, 3)]
+
+
+@pytest.mark.parametrize("estimator", ["v2", "v1"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("n, d, tau, rounds", SHAPES)
+def test_cpp_equals_reference(cpp, monkeypatch, n, d, tau, rounds, dtype, tol, estimator):
+    """Same hash draws, fresh random inputs with random padding: forward and all three gradients
+    agree; outputs start as NaN (LRA_KERNELS_POISON), so an element left unwritten fails."""
+    monkeypatch.setenv("LRA_KERNELS_POISON", "1")
+    case = make_case(1000 * n + d, n, d, tau, rounds, dtype)
+    for name, ours, oracle in zip(("out", "dq", "dk", "dv"), run(cpp, case, estimator),
+                                  run(reference, case, estimator), strict=True):
+        err = relative_error(ours, oracle)
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("estimator", ["v2", "v1"])
+def test_backends_compute_the_documented_estimators(cpp, backend, estimator):
+    """Each backend against the dense formulas of kernels/lsh/__init__.py (fp64)."""
+    module = cpp if backend == "cpp" else reference
+    case = make_case(3, 45, 8, 3, 5)
+    for name, ours, formula in zip(("out", "dq", "dk", "dv"), run(module, case, estimator),
+                                   dense(case, estimator), strict=True):
+        err = relative_error(ours, formula)
+        assert err < 1e-12, f"{name}: relative error {err:.2e}"
+
+
+def test_gradcheck_v(cpp):
+    """dv is the exact gradient of the sampled forward: gradcheck (fp64) through the C++ ops."""
+    case = make_case(4, 11, 4, 2, 3)
+    v = case.v.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda v: cpp.lsh_cumulation(case.q, case.k, v, case.q_codes, case.k_codes, case.bits,
+                                     case.num_buckets, "v2"), (v,))
+
+
+def test_ops_pass_opcheck(cpp):
+    """Schemas, fake kernels (torch.compile) and the autograd registration hold up."""
+    case = make_case(5, 13, 4, 2, 2)
+    ops = torch.ops.lra_lsh
+    q, k, v = (x.clone().requires_grad_(True) for x in (case.q, case.k, case.v))
+    codes = case.q_codes, case.k_codes
+    torch.library.opcheck(ops.cumulation.default, (*codes, case.v))
+    for estimator in ("v1", "v2"):
+        torch.library.opcheck(ops.weighted_cumulation.default,
+                              (codes[0], case.q, case.g, codes[1], case.v, case.k, case.bits,
+                               estimator))
+        torch.library.opcheck(ops.lsh_cumulation.default, (q, k, v, *codes, case.bits, estimator))
+
+
+@pytest.mark.parametrize("estimator", ["v2", "v1"])
+def test_mean_over_draws_is_the_expected_gradient(cpp, estimator):
+    """Averaged over hash draws, dq equals its expectation (fp64, per element within 5 standard
+    errors of the mean over draws, plus 1e-9):
+    v2: sum_j (1 - (1 - B_ij)^m) w(q_i . k_j) (g_i . v_j) k_j;
+    v1: (tau / 2) sum_j B_ij (g_i . v_j) k_j;
+    B_ij = (1 - arccos(q_i . k_j) / pi)^tau. Draws are heads with their own hyperplanes."""
+    n, d, tau, rounds, draws = 24, 8, 2, 2, 4000
+    gen = torch.Generator().manual_seed(8)
+    q, k, v, g = (torch.randn(1, 1, n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    planes = torch.randn(draws, rounds, d, tau, generator=gen, dtype=torch.float64)
+    q, k, v, g = (x.expand(1, draws, n, d).contiguous() for x in (q, k, v, g))
+    bits = torch.tensor([tau])
+    dq = cpp.weighted_cumulation(simhash_codes(q, planes), q, g, simhash_codes(k, planes), v, k,
+                                 bits, 2**tau, estimator)[0]  # (draws, n, d)
+    x = q[0, 0] @ k[0, 0].T
+    b = (1 - torch.arccos(x) / math.pi) ** tau
+    gv = g[0, 0] @ v[0, 0].T
+    if estimator == "v2":
+        y = 0.99 * x
+        slope = tau * (1 - torch.arccos(y) / math.pi) ** (tau - 1) / math.pi
+        pair = (1 - (1 - b) ** rounds) * slope * (1 - y**2).rsqrt().clamp_max(10) * gv
+    else:
+        pair = tau / 2 * b * gv
+    expected = pair @ k[0, 0]
+    stderr = dq.std(dim=0) / math.sqrt(draws)
+    gap = (dq.mean(dim=0) - expected).abs()
+    print(f"\n{estimator}: max |mean - E| / stderr = {(gap / stderr).max():.2f}")
+    assert (gap <= 5 * stderr + 1e-9).all()
+
+
+def test_auto_picks_cpp_on_cpu(cpp):
+    assert resolve("lsh", "auto", "cpu")[0] == "cpp"
+    case = make_case(6, 20, 8, 3, 2)
+    _, used = lsh_cumulation(case.q, case.k, case.v, case.q_codes, case.k_codes, case.bits,
+                             case.num_buckets)
+    assert used == "cpp"
+
+
+@pytest.fixture
+def broken_cpp(monkeypatch):
+    """The registry with a cpp loader that fails, and empty load/warning caches."""
+    def fail():
+        raise BackendError("no compiler (test)")
+
+    impls = [dataclasses.replace(i, load=fail) if i.name == "cpp" else i
+             for i in kb._FAMILIES["lsh"]]
+    monkeypatch.setitem(kb._FAMILIES, "lsh", impls)
+    for cache in ("_LOADED", "_FAILED"):
+        monkeypatch.setattr(kb, cache, {})
+    monkeypatch.setattr(kb, "_WARNED", set())
+
+
+def test_named_backend_that_cannot_load_raises(broken_cpp):
+    case = make_case(6, 20, 8, 3, 2)
+    with pytest.raises(BackendError, match="no compiler"):
+        lsh_cumulation(case.q, case.k, case.v, case.q_codes, case.k_codes, case.bits,
+                       case.num_buckets, backend="cpp")
+    with pytest.raises(BackendError, match="runs on cpu"):
+        resolve("lsh", "cpp", "cuda")
+
+
+def test_auto_falls_back_to_reference_with_one_warning(broken_cpp, caplog):
+    case = make_case(6, 20, 8, 3, 2)
+    with caplog.at_level(logging.WARNING, logger="kernels"):
+        for _ in range(2):
+            _, used = lsh_cumulation(case.q, case.k, case.v, case.q_codes, case.k_codes,
+                                     case.bits, case.num_buckets)
+            assert used == "reference"
+    warnings = [r for r in caplog.records if r.name == "kernels"]
+    assert len(warnings) == 1 and "no compiler" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_yoso_reports_its_backend_and_backends_agree(cpp, backend):
+    """The attention names the backend it ran; the same module state gives the same output and
+    gradients on either backend."""
+    attn = build_attention("yoso", num_heads=2, head_dim=16, max_seq_len=256, backend=backend,
+                           seed=3).train()
+    twin = build_attention("yoso", num_heads=2, head_dim=16, max_seq_len=256, backend="auto",
+                           seed=3).train()
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(2, 2, 200, 16, generator=gen, requires_grad=True) for _ in range(3))
+    mask = torch.arange(200)[None, :] < torch.tensor([[200], [123]])
+    results = []
+    for module in (attn, twin):
+        out = module(q, k, v, mask)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+        results.append((out, *grads))
+    assert attn.backend_in_use == backend and twin.backend_in_use == "cpp"
+    for ours, auto in zip(*results, strict=True):
+        assert relative_error(ours, auto) < 1e-5
