@@ -49,13 +49,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.backend import BACKENDS
 from kernels.lsh import ESTIMATORS, lsh_cumulation, simhash_codes
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .masking import row_mask
 from .random_features import generator, module_seed
-from .registry import Attention, AttentionError, register_attention, require_ints
+from .registry import (
+    Attention,
+    AttentionError,
+    check_backend,
+    register_attention,
+    require_ints,
+)
 
 
 @dataclass
@@ -76,9 +81,7 @@ class YosoOptions:
         if self.backward not in ESTIMATORS:
             raise AttentionError(f"yoso: backward must be one of {', '.join(ESTIMATORS)}, got "
                                  f"{self.backward!r}")
-        if self.backend not in BACKENDS:
-            raise AttentionError(f"yoso: backend must be one of {', '.join(BACKENDS)}, got "
-                                 f"{self.backend!r}")
+        check_backend("yoso", self.backend)
 
 
 @register_attention("yoso", YosoOptions)
@@ -86,6 +89,7 @@ class YosoAttention(Attention):
     """YOSO LSH Bernoulli-sampling attention (see the module docstring for backward and RNG)."""
 
     approximates_softmax = False
+    kernel_family = "lsh"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -15,7 +15,7 @@ raises. This package imports nothing from the rest of the project.
 """
 
 # Importing a family registers its backends, so that `resolve` knows every family.
-from . import block_sparse  # noqa: F401
+from . import block_sparse, lsh  # noqa: F401
 from .backend import BackendError, available_backends, resolve
 
 __all__ = ["BackendError", "available_backends", "resolve"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -10,19 +9,29 @@ from pathlib import Path
 
 import pytest
 
-from attention_zoo import options_class
+from attention_zoo import attention_class, build_attention, list_attentions
 from data_prep import listops
+from kernels.backend import registered_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def kernel_backend_options(name: str) -> dict:
-    """LRA_KERNEL_BACKEND=reference (or cpp, ...) runs the attention suites on that kernels backend:
-    {"backend": it} for an attention with a `backend` option, else {} (unset: its default, auto)."""
-    backend = os.environ.get("LRA_KERNEL_BACKEND")
-    if not backend or "backend" not in {f.name for f in dataclasses.fields(options_class(name))}:
-        return {}
-    return {"backend": backend}
+def attention_cases() -> list[str]:
+    """Every registered attention once per CPU kernel backend: the name alone runs its default
+    (auto: the fastest that loads), "name@backend" each other backend of its kernel family."""
+    cases = []
+    for name in list_attentions():
+        cases.append(name)
+        family = attention_class(name).kernel_family
+        if family:
+            cases += [f"{name}@{b}" for b in registered_backends(family, "cpu")[1:]]
+    return cases
+
+
+def build_case(case: str, **kwargs):
+    """build_attention for an `attention_cases()` entry."""
+    name, _, backend = case.partition("@")
+    return build_attention(name, **kwargs, **({"backend": backend} if backend else {}))
 
 
 @pytest.fixture(scope="session")

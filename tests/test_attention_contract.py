@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import kernel_backend_options
+from conftest import attention_cases, build_case
 
-from attention_zoo import AttentionError, build_attention, list_attentions
+from attention_zoo import AttentionError
 
 HEADS, HEAD_DIM, MAX_LEN = 2, 16, 2048
-ALL = list_attentions()
+# Kernel-backed attentions appear once per CPU backend ("mra2", "mra2@reference", ...).
+ALL = attention_cases()
 
 
 def make(name: str, seed: int = 0, **options):
     torch.manual_seed(seed)
-    return build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=MAX_LEN,
-                           **{**kernel_backend_options(name), **options})
+    return build_case(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=MAX_LEN, **options)
 
 
 def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=None):

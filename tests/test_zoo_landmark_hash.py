@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from conftest import kernel_backend_options
 
 from attention_zoo import AttentionError, build_attention
 from attention_zoo.blocks import neighbour_blocks
@@ -25,8 +24,7 @@ OURS = ["nystrom", "nystrom_conv", "soft", "soft_conv", "yoso", "yoso_conv", "h_
 
 def make(name: str, max_len: int, **options):
     torch.manual_seed(0)
-    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len,
-                           **{**kernel_backend_options(name), **options})
+    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len, **options)
 
 
 def suffix_mask(lengths: list[int], seq: int) -> torch.Tensor:
