@@ -36,6 +36,7 @@ from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .memory import PeakMemory
 from .model import Classifier
+from .overrides import check_overrides
 from .results import append_jsonl, check_summary, write_json
 
 log = logging.getLogger("lra.train")
@@ -329,4 +330,9 @@ def main(raw: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:  # a typo in an override gets one line with the closest names, before Hydra composes
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()
