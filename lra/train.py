@@ -34,6 +34,7 @@ from . import distributed
 from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
+from .eta import StepClock
 from .memory import PeakMemory
 from .model import Classifier
 from .overrides import check_overrides
@@ -239,6 +240,8 @@ def train(cfg: Config) -> dict[str, Any]:
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
                disable=not (tc.progress and d.main), dynamic_ncols=True)
+    clock = StepClock(step, tc.max_steps, tc.eval_every, on_cpu=device.type == "cpu",
+                      enabled=d.main)
     while step < tc.max_steps:
         tokens, mask, labels = (t.to(device) for t in next(train_batches))
         start = time.perf_counter()
@@ -256,12 +259,13 @@ def train(cfg: Config) -> dict[str, Any]:
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        totals["train_time"] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        totals["train_time"] += seconds
+        clock.tick(seconds)
         totals["timed_steps"] += 1
         totals["real_tokens"] += int(mask.sum())
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
 
         if step % tc.eval_every == 0 or step == tc.max_steps:
             dev_acc = evaluate(model, "val", tc.eval_batches)
@@ -282,6 +286,8 @@ def train(cfg: Config) -> dict[str, Any]:
             best_dev = max(best_dev, dev_acc)
             d.barrier()
             distributed.reseed(cfg.seed, d.rank, step)
+        bar.set_postfix(loss=f"{loss.item():.3f}",
+                        best_dev="-" if best_dev < 0 else f"{best_dev:.3f}")  # "-": not evaluated
     bar.close()
 
     model.load_state_dict(torch.load(best_path, map_location=device)["model"])
