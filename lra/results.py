@@ -6,6 +6,7 @@ and the checkpoints `last.pt` (resume) and `best.pt` (best dev accuracy).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -128,9 +129,7 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lra.results",
         description="Aggregate the summary.json files below a folder of runs into "
@@ -143,9 +142,14 @@ def main(argv: list[str] | None = None) -> int:
                                                "results/lra_all")
     parser.add_argument("--title", default="lra-zoo results",
                         help="heading of results.md (default: %(default)r)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
     if not args.runs.is_dir():
-        parser.error(f"{args.runs} is not a folder of runs")
+        ap.error(f"{args.runs} is not a folder of runs")
     rows = aggregate(args.runs, args.out, title=args.title)
     print((args.out / "results.md").read_text())
     print(f"{len(rows)} runs; written to {args.out}")

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import sys
+import textwrap
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -37,7 +38,7 @@ from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .eta import StepClock
 from .memory import PeakMemory
 from .model import Classifier
-from .overrides import check_overrides
+from .overrides import check_overrides, group_options
 from .results import append_jsonl, check_summary, write_json
 
 log = logging.getLogger("lra.train")
@@ -320,6 +321,12 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 USER_ERRORS = (ConfigError, DataError, AttentionError)
+
+
+# `--help` (conf/hydra/help/lra.yaml) lists each group's options as conf/ has them.
+OmegaConf.register_new_resolver(
+    "lra_options", lambda group: textwrap.fill(", ".join(group_options(group)), width=76,
+                                               subsequent_indent=" " * 12), replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
