@@ -94,7 +94,7 @@ def lra_tiny_root(tmp_path_factory) -> Path:
     """A data root with a tiny ListOps cache marked as the benchmark (mini=False)."""
     root = tmp_path_factory.mktemp("lra")
     listops.build_generated(root / "listops", sizes={"train": 64, "val": 32, "test": 32},
-                            seed=2, max_depth=3, max_args=3, min_length=4, max_length=48,
+                            seed=2, max_depth=4, max_args=4, min_length=4, max_length=64,
                             mini=False, progress=False)
     return root
 
