@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import OmegaConf
+
+from .overrides import CONF
+
 log = logging.getLogger("lra.train")
 
 CPU_PATIENCE_S = 30 * 60  # on CPU, suggest a shorter run when the estimate passes this
@@ -66,6 +70,7 @@ class StepClock:
                  "plus evaluations", self.step_s, len(self.times), duration(total), self.steps)
         if self.on_cpu and total > CPU_PATIENCE_S:
             short = round_steps(SHORT_RUN_S / self.step_s)
+            smoke = OmegaConf.load(CONF / "trainer" / "smoke.yaml").max_steps
             log.warning("that is long for a CPU: trainer.max_steps=%d (about %s) or "
-                        "trainer=smoke (a few minutes) tries the same run shorter", short,
-                        duration(short * self.step_s))
+                        "trainer=smoke (%d steps, about %s) tries the same run shorter", short,
+                        duration(short * self.step_s), smoke, duration(smoke * self.step_s))
