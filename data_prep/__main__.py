@@ -131,7 +131,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mini", help="the offline mini suite (stand-ins, not the benchmark)",
                        description=mini.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("data/mini"), help="default %(default)s")
+    p.add_argument("--out", type=Path, default=Path("data/mini"),
+                   help="folder of the task caches, one per task (default %(default)s, where "
+                        "lra.train's data=mini reads them)")
     p.add_argument("--tasks", nargs="+", choices=list(mini.BUILDERS), default=None,
                    help="only these tasks (default: all five)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -141,8 +143,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", default="lra_release", choices=list(release.DOWNLOADS),
                    help="the LRA release, or a raw archive for --source raw (default "
                         "%(default)s)")
-    p.add_argument("--url", default=None, help="override the URL")
-    p.add_argument("--dest", type=Path, default=None, help="where to save it")
+    p.add_argument("--url", default=None,
+                   help="download from here (default: the official URL of <what>, a mirror "
+                        "only if that one is gone)")
+    p.add_argument("--dest", type=Path, default=None, help="where to save it (default: "
+                   + ", ".join(f"{k}: {dest}" for k, (_, dest) in release.DOWNLOADS.items())
+                   + ")")
     p.add_argument("--sha256", default=None, help="expected sha256; a mismatch is rejected")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
