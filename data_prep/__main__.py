@@ -144,8 +144,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the LRA release, or a raw archive for --source raw (default "
                         "%(default)s)")
     p.add_argument("--url", default=None,
-                   help="download from here (default: the official URL of <what>, a mirror "
-                        "only if that one is gone)")
+                   help="download from here (default: the official URL of <what>)")
     p.add_argument("--dest", type=Path, default=None, help="where to save it (default: "
                    + ", ".join(f"{k}: {dest}" for k, (_, dest) in release.DOWNLOADS.items())
                    + ")")
