@@ -28,7 +28,7 @@ mini: setup
 	$(PY) -m data_prep mini
 
 data: setup
-	@echo "Prepare one task:  $(PY) -m data_prep <task> --source <lra_release|tfds|raw|generate>"
+	@echo "Prepare one task:  $(PY) -m data_prep <task> --source <source>  (each task's sources: below)"
 	@echo "Offline mini suite: make mini"
 	$(PY) -m data_prep --help
 

@@ -205,8 +205,11 @@ def make_options(name: str, **options: Any):
     unknown = sorted(set(options) - fields)
     if unknown:
         valid = ", ".join(sorted(fields)) or "(none)"
+        close = difflib.get_close_matches(unknown[0], fields, n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
         raise AttentionError(
-            f"attention {name!r} has no option(s) {', '.join(unknown)}. Valid options: {valid}"
+            f"attention {name!r} has no option(s) {', '.join(unknown)}.{hint} "
+            f"Valid options: {valid}"
         )
     opts = options_cls(**options)
     validate = getattr(opts, "validate", None)

@@ -45,6 +45,14 @@ HELP = {
 }
 
 
+SOURCE_HELP = {
+    "lra_release": "the LRA release (lra_release.gz or its folder, see --release)",
+    "generate": "our re-implementation of LRA's generator (no download)",
+    "tfds": "tensorflow-datasets (pip install tensorflow-datasets; see --tfds-dir)",
+    "raw": "the original archive or its folder (see --raw)",
+}
+
+
 def _at_least(low: int):
     """An argparse type: an integer >= low, else a one-line usage error."""
     def parse(text: str) -> int:
@@ -93,7 +101,9 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="task", required=True, metavar="<task>")
     for task, sources in SOURCES.items():
         p = sub.add_parser(task, help=HELP[task], description=HELP[task])
-        p.add_argument("--source", required=True, choices=sources)
+        p.add_argument("--source", required=True, choices=sources,
+                       help="where the data comes from (required): "
+                            + "; ".join(f"{src}: {SOURCE_HELP[src]}" for src in sources))
         p.add_argument("--out", type=Path, default=None,
                        help=f"cache folder (default data/lra/{task}"
                             + (", or data/lra/pathfinder<res>_<difficulty> off the LRA level)"
@@ -112,24 +122,34 @@ def parser() -> argparse.ArgumentParser:
         if task == "listops":
             _generator_options(p, num_images=False)
         if task == "pathfinder":
-            p.add_argument("--resolution", type=int, default=32, choices=pathfinder.RESOLUTIONS)
+            p.add_argument("--resolution", type=int, default=32, choices=pathfinder.RESOLUTIONS,
+                           help="image side in pixels (default %(default)s, LRA's Pathfinder)")
             p.add_argument("--difficulty", default=pathfinder.LRA_DIFFICULTY,
-                           choices=list(pathfinder.DIFFICULTIES))
+                           choices=list(pathfinder.DIFFICULTIES),
+                           help="the level, by contour length in paddles (longer is harder; "
+                                "default %(default)s, the level LRA uses)")
         if task in ("pathfinder", "pathx"):
             _generator_options(p, num_images=True)
     p = sub.add_parser("mini", help="the offline mini suite (stand-ins, not the benchmark)",
                        description=mini.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("data/mini"), help="default %(default)s")
+    p.add_argument("--out", type=Path, default=Path("data/mini"),
+                   help="folder of the task caches, one per task (default %(default)s, where "
+                        "lra.train's data=mini reads them)")
     p.add_argument("--tasks", nargs="+", choices=list(mini.BUILDERS), default=None,
                    help="only these tasks (default: all five)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("download", help="download the release or a raw archive (resumable)",
                        description="Download to <dest>.part, resuming with HTTP Range requests, "
                                    "and rename when complete (and matching --sha256).")
-    p.add_argument("what", nargs="?", default="lra_release", choices=list(release.DOWNLOADS))
-    p.add_argument("--url", default=None, help="override the URL")
-    p.add_argument("--dest", type=Path, default=None, help="where to save it")
+    p.add_argument("what", nargs="?", default="lra_release", choices=list(release.DOWNLOADS),
+                   help="the LRA release, or a raw archive for --source raw (default "
+                        "%(default)s)")
+    p.add_argument("--url", default=None,
+                   help="download from here (default: the official URL of <what>)")
+    p.add_argument("--dest", type=Path, default=None, help="where to save it (default: "
+                   + ", ".join(f"{k}: {dest}" for k, (_, dest) in release.DOWNLOADS.items())
+                   + ")")
     p.add_argument("--sha256", default=None, help="expected sha256; a mismatch is rejected")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

@@ -56,7 +56,9 @@ def prepare_command(task: str, data: str) -> str:
     """The command that builds the cache for `task` (shown in every missing-data error)."""
     if data == "mini":
         return "python -m data_prep mini"
-    return f"python -m data_prep {task} --source <lra_release|tfds|raw|generate>"
+    from .__main__ import SOURCES  # the command line's table (imported late: it imports this)
+
+    return f"python -m data_prep {task} --source <{'|'.join(SOURCES.get(task, ('...',)))}>"
 
 
 @dataclass

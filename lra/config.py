@@ -8,16 +8,19 @@ Everything fails before any data is read or any step is trained.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import logging
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from attention_zoo import AttentionError, make_options
 
@@ -144,6 +147,36 @@ def _clamp_budgets(cfg: Config, options: Any) -> None:
             cfg.attention.options[key] = limit
 
 
+def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, e.g. `trainer.lr` (attention.options are per attention)."""
+    node = Config() if node is None else node
+    keys = []
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += schema_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' (did you mean a or b?)' naming the options closest to `word`, or '' if none is close.
+    A dotted key is matched whole, then by its last part (`lrr` finds `trainer.lr`)."""
+    options = [str(o) for o in options]
+    close = difflib.get_close_matches(word, options, n=3, cutoff=0.8)
+    if not close:
+        leaf = word.rsplit(".", 1)[-1]
+        by_leaf = {o.rsplit(".", 1)[-1]: o for o in options}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3, cutoff=0.6)]
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def unknown_key(key: str, valid: Iterable[str],
+                listed: str = "every key is in lra/config.py") -> ConfigError:
+    return ConfigError(f"unknown key {key}{did_you_mean(key, valid)}; {listed}")
+
+
 def _get(cfg: Config, key: str) -> Any:
     value: Any = cfg
     for part in key.split("."):
@@ -156,12 +189,18 @@ def load_config(raw: DictConfig) -> Config:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except ConfigKeyError as err:  # a key the schema lacks, e.g. from a user's yaml file
+        if err.full_key:
+            raise unknown_key(err.full_key, schema_keys()) from None
+        raise ConfigError(str(err).strip()) from None
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).strip()) from None
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            choices = ', '.join('null' if a is None else a for a in allowed)
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {choices}")
+            choices = ['null' if a is None else a for a in allowed]
+            hint = did_you_mean(str(_get(cfg, key)), choices)
+            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(choices)}"
+                              + hint)
     for key in POSITIVE:
         if not _get(cfg, key) > 0:
             raise ConfigError(f"{key}={_get(cfg, key)!r} must be > 0")

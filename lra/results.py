@@ -6,6 +6,7 @@ and the checkpoints `last.pt` (resume) and `best.pt` (best dev accuracy).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -90,8 +91,15 @@ def to_markdown(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_accuracy_vs_memory(rows: list[dict[str, Any]], path: Path) -> None:
-    """One panel per task: test accuracy against peak memory, one point per run."""
+# The plots of an aggregation: file name -> (the summary key on the x axis, its axis label).
+PLOTS = {
+    "accuracy_vs_memory.png": ("peak_memory_mb", "peak memory (MB)"),
+    "accuracy_vs_time.png": ("step_time_ms", "training step time (ms)"),
+}
+
+
+def plot_accuracy_vs(rows: list[dict[str, Any]], x_key: str, x_label: str, path: Path) -> None:
+    """One panel per task: test accuracy against `x_key` (memory, time), one point per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,13 +109,13 @@ def plot_accuracy_vs_memory(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for row in (r for r in rows if r["task"] == task):
-            ax.scatter(row["peak_memory_mb"], row["test_accuracy"], s=25)
-            ax.annotate(row["attention"], (row["peak_memory_mb"], row["test_accuracy"]),
+            ax.scatter(row[x_key], row["test_accuracy"], s=25)
+            ax.annotate(row["attention"], (row[x_key], row["test_accuracy"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")
         majority = max(r["majority_accuracy"] for r in rows if r["task"] == task)
         ax.axhline(majority, ls=":", c="grey", lw=1, label="majority class")
         ax.set_title(task + (" (mini)" if any(r.get("mini") for r in rows) else ""))
-        ax.set_xlabel("peak memory (MB)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -117,8 +125,8 @@ def plot_accuracy_vs_memory(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict[str, Any]]:
-    """Collect the summaries below `root` into out_dir/results.{csv,md} and an accuracy vs
-    memory plot."""
+    """Collect the summaries below `root` into out_dir/results.{csv,md} and the accuracy vs
+    memory and accuracy vs step time plots."""
     rows = find_summaries(root)
     rows.sort(key=lambda r: (r["task"], r["attention"], r["seed"]))
     columns = list(SUMMARY_KEYS)
@@ -131,23 +139,32 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict
     atomic_write_text(out_dir / "results.md", f"# {title}\n\n" + to_markdown(rows, columns)
                       + note)
     if rows:
-        plot_accuracy_vs_memory(rows, out_dir / "accuracy_vs_memory.png")
+        for name, (x_key, x_label) in PLOTS.items():
+            plot_accuracy_vs(rows, x_key, x_label, out_dir / name)
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lra.results",
-        description="Aggregate the summary.json files of a sweep into results.{csv,md} and an "
-                    "accuracy vs memory plot.")
-    parser.add_argument("runs", type=Path, help="folder to search, e.g. results/runs/lra/lra_all")
-    parser.add_argument("out", type=Path, help="output folder, e.g. results/lra_all")
-    parser.add_argument("--title", default="lra-zoo results")
-    args = parser.parse_args(argv)
+        description="Aggregate the summary.json files below a folder of runs into "
+                    "results.{csv,md} and the plots accuracy_vs_memory.png and "
+                    "accuracy_vs_time.png (one panel per task, one point per run).")
+    parser.add_argument("runs", type=Path,
+                        help="folder searched for summary.json files (any depth), e.g. "
+                             "results/runs/lra/lra_all: <runs_dir>/<data>/<tag> of a sweep")
+    parser.add_argument("out", type=Path, help="output folder, created if missing, e.g. "
+                                               "results/lra_all")
+    parser.add_argument("--title", default="lra-zoo results",
+                        help="heading of results.md (default: %(default)r)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
     if not args.runs.is_dir():
-        parser.error(f"{args.runs} is not a folder of runs")
+        ap.error(f"{args.runs} is not a folder of runs")
     rows = aggregate(args.runs, args.out, title=args.title)
     print((args.out / "results.md").read_text())
     print(f"{len(rows)} runs; written to {args.out}")

@@ -17,6 +17,7 @@ import pickle
 import random
 import shutil
 import sys
+import textwrap
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -33,8 +34,10 @@ from . import cli, distributed
 from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
+from .eta import StepClock
 from .memory import PeakMemory
 from .model import Classifier
+from .overrides import check_overrides, group_options
 from .results import append_jsonl, check_summary, read_summary, write_json
 from .runlock import RunLock
 
@@ -280,6 +283,8 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     model.train()
     bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
                disable=not (tc.progress and d.main), dynamic_ncols=True)
+    clock = StepClock(step, tc.max_steps, tc.eval_every, on_cpu=device.type == "cpu",
+                      enabled=d.main)
     while step < tc.max_steps:
         tokens, mask, labels = (t.to(device) for t in next(train_batches))
         measured = step - first_step < MEMORY_STEPS
@@ -302,12 +307,13 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         if measured:
             totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
         else:
-            totals["train_time"] += time.perf_counter() - start
+            seconds = time.perf_counter() - start
+            totals["train_time"] += seconds
+            clock.tick(seconds)
             totals["timed_steps"] += 1
             totals["real_tokens"] += int(mask.sum())
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", best_dev=f"{max(best_dev, 0):.3f}")
 
         if step % tc.eval_every == 0 or step == tc.max_steps:
             dev_acc = evaluate(model, "val", tc.eval_batches)
@@ -327,6 +333,8 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
             best_dev = max(best_dev, dev_acc)
             d.barrier()
             distributed.reseed(cfg.seed, d.rank, step)
+        bar.set_postfix(loss=f"{loss.item():.3f}",
+                        best_dev="-" if best_dev < 0 else f"{best_dev:.3f}")  # "-": not evaluated
     bar.close()
 
     model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])
@@ -360,6 +368,12 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     return summary
 
 
+# `--help` (conf/hydra/help/lra.yaml) lists each group's options as conf/ has them.
+OmegaConf.register_new_resolver(
+    "lra_options", lambda group: textwrap.fill(", ".join(group_options(group)), width=76,
+                                               subsequent_indent=" " * 12), replace=True)
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(raw: DictConfig) -> float:
     # A user's mistake gets one clear line and exit 2, a bug exit 1 (lra.cli).
@@ -369,4 +383,6 @@ def main(raw: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # A typo in an override gets one line with the closest names, before Hydra composes.
+    cli.call(lambda: check_overrides(sys.argv[1:]))
     main()

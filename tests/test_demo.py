@@ -9,20 +9,31 @@ from lra import demo
 
 
 def test_demo_trains_the_sweep_and_writes_its_tables(tiny_data_root, tmp_path, capsys):
-    """The demo's sweep (softmax on mini ListOps, tag demo) runs to its summary, and
-    results.{csv,md} hold that summary's values, marked as mini stand-ins."""
+    """The demo's sweep (softmax, mra2 and nystrom on mini ListOps, tag demo) runs to its
+    summaries, and results.{csv,md} hold each summary's values, marked as mini stand-ins."""
     overrides = [f"data.root={tiny_data_root}", "data.build_missing=false", "task.max_len=64",
                  "trainer.batch_size=16", "trainer.max_steps=4", "trainer.eval_every=2",
-                 "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    assert demo.main(overrides, results=tmp_path) == 0
-    [path] = (tmp_path / "runs" / "mini" / "demo").glob("listops-softmax-s0-*/summary.json")
-    summary = json.loads(path.read_text())
-    assert summary["steps"] == 4 and summary["mini"] is True and summary["tag"] == "demo"
-    [row] = csv.DictReader(open(tmp_path / "demo" / "results.csv"))
-    assert row["task"] == "listops" and row["attention"] == "softmax"
-    assert float(row["test_accuracy"]) == summary["test_accuracy"]
-    assert float(row["best_dev_accuracy"]) == summary["best_dev_accuracy"]
+                 "trainer.progress=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                 "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "demo")]
+    assert demo.main(overrides) == 0
+    summaries = {}
+    for path in (tmp_path / "runs" / "mini" / "demo").glob("listops-*/summary.json"):
+        summary = json.loads(path.read_text())
+        assert summary["steps"] == 4 and summary["mini"] is True and summary["tag"] == "demo"
+        summaries[summary["attention"]] = summary
+    assert set(summaries) == {"softmax", "mra2", "nystrom"}
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "results.csv")))
+    assert {row["attention"] for row in rows} == set(summaries)
+    for row in rows:
+        summary = summaries[row["attention"]]
+        assert row["task"] == "listops"
+        assert float(row["test_accuracy"]) == summary["test_accuracy"]
+        assert float(row["best_dev_accuracy"]) == summary["best_dev_accuracy"]
     table = (tmp_path / "demo" / "results.md").read_text()
     assert table.startswith("# lra-zoo demo (offline mini suite")
     assert "mini=True" in table
-    assert table in capsys.readouterr().out  # printed as well as written
+    printed = capsys.readouterr().out
+    assert table in printed  # printed as well as written
+    assert printed.count("the majority class") == 3  # one verdict per attention
+    for plot in ("accuracy_vs_memory.png", "accuracy_vs_time.png"):
+        assert (tmp_path / "demo" / plot).stat().st_size > 0

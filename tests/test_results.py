@@ -1,4 +1,4 @@
-"""Aggregation of run summaries into tables and the accuracy vs memory plot."""
+"""Aggregation of run summaries into tables and the accuracy vs memory and vs time plots."""
 
 from __future__ import annotations
 
@@ -19,4 +19,5 @@ def test_aggregate_collects_every_run(tmp_path):
     assert [r["attention"] for r in rows] == ["mra2", "softmax"]
     assert list(rows[0]) == list(SUMMARY_KEYS)
     assert "mini=True" in (tmp_path / "out" / "results.md").read_text()
-    assert (tmp_path / "out" / "accuracy_vs_memory.png").stat().st_size > 0
+    for plot in ("accuracy_vs_memory.png", "accuracy_vs_time.png"):
+        assert (tmp_path / "out" / plot).stat().st_size > 0
