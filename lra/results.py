@@ -108,7 +108,8 @@ def plot_accuracy_vs(rows: list[dict[str, Any]], x_key: str, x_label: str, path:
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for row in (r for r in rows if r["task"] == task):
+        # A run too short to time (step_time_ms is null for 2 steps or fewer) has no point.
+        for row in (r for r in rows if r["task"] == task and r.get(x_key) is not None):
             ax.scatter(row[x_key], row["test_accuracy"], s=25)
             ax.annotate(row["attention"], (row[x_key], row["test_accuracy"]),
                         fontsize=7, xytext=(3, 3), textcoords="offset points")

@@ -14,7 +14,8 @@ import pytest
 from data_prep import cache
 from data_prep.cache import DataError, Split, load_split, read_manifest, write_task
 
-LRA_FIX = "python -m data_prep listops --source <lra_release|tfds|raw|generate>"
+# ListOps comes from the release or our generator: its command lists only those sources.
+LRA_FIX = "python -m data_prep listops --source <lra_release|generate>"
 
 
 def splits(labels=(0, 1, 0), lengths=(3, 0, 5)) -> dict[str, Split]:
@@ -58,17 +59,18 @@ def test_check_split_messages_in_full(tmp_path):
     pair = {name: Split(np.stack([s.tokens, s.tokens], 1)[..., :4],
                         np.stack([s.lengths, s.lengths], 1), s.labels)
             for name, s in splits(lengths=(3, 0, 4)).items()}
-    with pytest.raises(DataError, match=r"^listops train: tokens are 4 wide, not max_len=5$"):
+    fix = "; the source does not match the task's settings$"
+    with pytest.raises(DataError, match=r"^listops train: tokens are 4 wide, not max_len=5" + fix):
         write(tmp_path / "c", pair)  # (n, 2, 4): the width is the last axis
     data = splits()
     data["val"] = Split(data["val"].tokens[:, :4], data["val"].lengths, data["val"].labels)
-    with pytest.raises(DataError, match=r"^listops val: tokens are 4 wide, not max_len=5$"):
+    with pytest.raises(DataError, match=r"^listops val: tokens are 4 wide, not max_len=5" + fix):
         write(tmp_path / "c", data)
     data = splits()
     data["test"] = Split(*(getattr(data["test"], k)[:0] for k in cache.ARRAYS))
     with pytest.raises(DataError, match=re.escape(
-            "listops test has no examples; the source holds too few (every split needs at "
-            "least one)")):
+            "listops test: no examples (every split needs at least one); the source does not "
+            "match the task's settings")):
         write(tmp_path / "c", data)
 
 
