@@ -231,11 +231,11 @@ class MraAttention(Attention):
     """Shared forward of MRA-2 and MRA-2-s; subclasses fix `approx_mode`.
 
     Deterministic: block choice depends only on the inputs (no random draws, ties go to the
-    lowest flat block index), the same in train and eval; on CUDA only the summation order of
-    the exact blocks may vary in the last bits (see `blocks.scatter_blocks`).
+    lowest flat block index), the same in train and eval; on CUDA the reference backend's
+    summation order may vary in the last bits (`kernels.block_sparse.layout.scatter_blocks`).
     The math runs in fp32 (fp64 inputs stay fp64), outside autocast; the output is cast back to
-    the input dtype. Block choice carries no gradient; everything else is differentiated by
-    autograd.
+    the input dtype. Block choice carries no gradient; the exact blocks' gradients come from
+    the kernel backend (recomputed, flash style, in the fused ones), the rest from autograd.
     """
 
     approx_mode: ClassVar[str]
