@@ -111,19 +111,32 @@ void check_rows(const at::Tensor& x, const char* name, int64_t batch, int64_t he
               x.scalar_type(), " on ", x.device());
 }
 
+// The shapes both cumulations share: codes (rounds, batch, heads, n_out|n_in) and the keyed rows
+// (batch, heads, n_in, width) they sum, `rows` naming those rows in errors.
+struct CumulationShape {
+  int64_t batch, heads, n_in, width, rounds, n_out;
+};
+
+CumulationShape check_cumulation(const at::Tensor& codes_out, const at::Tensor& codes_in,
+                                 const at::Tensor& rows, const char* name) {
+  TORCH_CHECK(rows.dim() == 4, "lra_lsh: ", name, " must be (batch, heads, n_in, dim), got ",
+              rows.sizes());
+  const CumulationShape s{rows.size(0), rows.size(1), rows.size(2), rows.size(3),
+                          codes_out.size(0), codes_out.size(3)};
+  TORCH_CHECK(s.rounds > 0, "lra_lsh: need at least one round of codes");
+  check_codes(codes_out, "codes_out", s.rounds, s.batch, s.heads);
+  check_codes(codes_in, "codes_in", s.rounds, s.batch, s.heads);
+  TORCH_CHECK(codes_in.size(3) == s.n_in, "lra_lsh: codes_in has ", codes_in.size(3),
+              " rows, ", name, " has ", s.n_in);
+  TORCH_CHECK(rows.device().is_cpu(), "lra_lsh: ", name, " must be on the CPU");
+  return s;
+}
+
 // mean_r sum_j [codes_out[r, i] == codes_in[r, j]] values_j.
 at::Tensor cumulation(const at::Tensor& codes_out_, const at::Tensor& codes_in_,
                       const at::Tensor& values_) {
-  TORCH_CHECK(values_.dim() == 4, "lra_lsh: values must be (batch, heads, n_in, e), got ",
-              values_.sizes());
-  const int64_t batch = values_.size(0), heads = values_.size(1), n_in = values_.size(2),
-                e = values_.size(3), rounds = codes_out_.size(0), n_out = codes_out_.size(3);
-  TORCH_CHECK(rounds > 0, "lra_lsh: need at least one round of codes");
-  check_codes(codes_out_, "codes_out", rounds, batch, heads);
-  check_codes(codes_in_, "codes_in", rounds, batch, heads);
-  TORCH_CHECK(codes_in_.size(3) == n_in, "lra_lsh: codes_in has ", codes_in_.size(3),
-              " rows, values has ", n_in);
-  TORCH_CHECK(values_.device().is_cpu(), "lra_lsh: values must be on the CPU");
+  const auto [batch, heads, n_in, e, rounds, n_out] =
+      check_cumulation(codes_out_, codes_in_, values_, "values");
   const at::Tensor codes_out = codes_out_.contiguous(), codes_in = codes_in_.contiguous(),
                    values = values_.contiguous();
   at::Tensor out = new_output(values, {batch, heads, n_out, e});
@@ -180,16 +193,8 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
   const bool v2 = estimator == "v2";
   TORCH_CHECK(v2 || estimator == "v1", "lra_lsh: estimator must be 'v1' or 'v2', got '",
               std::string(estimator), "'");
-  TORCH_CHECK(z_in_.dim() == 4, "lra_lsh: z_in must be (batch, heads, n_in, d), got ",
-              z_in_.sizes());
-  const int64_t batch = z_in_.size(0), heads = z_in_.size(1), n_in = z_in_.size(2),
-                d = z_in_.size(3), rounds = codes_out_.size(0), n_out = codes_out_.size(3);
-  TORCH_CHECK(rounds > 0, "lra_lsh: need at least one round of codes");
-  check_codes(codes_out_, "codes_out", rounds, batch, heads);
-  check_codes(codes_in_, "codes_in", rounds, batch, heads);
-  TORCH_CHECK(codes_in_.size(3) == n_in, "lra_lsh: codes_in has ", codes_in_.size(3),
-              " rows, z_in has ", n_in);
-  TORCH_CHECK(z_in_.device().is_cpu(), "lra_lsh: z_in must be on the CPU");
+  const auto [batch, heads, n_in, d, rounds, n_out] =
+      check_cumulation(codes_out_, codes_in_, z_in_, "z_in");
   check_rows(x_out_, "x_out", batch, heads, n_out, z_in_);
   check_rows(y_in_, "y_in", batch, heads, n_in, z_in_);
   TORCH_CHECK(x_out_.size(3) == y_in_.size(3), "lra_lsh: x_out and y_in differ in width");
