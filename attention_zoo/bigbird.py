@@ -17,8 +17,8 @@ import math
 import torch
 
 from .blocks import from_blocks, gather_blocks, to_blocks
+from .draws import generator, module_seed
 from .masking import key_mask, masked_softmax, pad_all_to_multiple
-from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
 
 

@@ -12,7 +12,8 @@ import dataclasses
 
 import torch
 
-from .random_features import RandomFeatures, module_seed
+from .draws import module_seed
+from .random_features import RandomFeatures
 from .registry import Attention, register_attention, require_ints
 
 

@@ -15,9 +15,8 @@ the maximum over *real* keys only, because a per-key offset would reweight the k
 junk must not move the scale. Padded keys get phi = 0 exactly: zeroing k or v is not enough,
 since phi(0) != 0 would still count the padded key in the denominator.
 
-Randomness: every random draw in the zoo (features, hash rotations, random blocks) comes from a
-`torch.Generator` seeded from the module's seed and a draw number, never from the global RNG at
-forward time, so the same seed gives the same output.
+Randomness: W comes from `draws.generator(seed, draw)` (see draws.py), so the same seed gives
+the same output and a resumed run redraws what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -25,25 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .draws import DrawCounter, generator
 from .masking import neg_inf
-
-
-def module_seed(seed: int | None) -> int:
-    """The `seed` option, or when None a seed drawn from torch's global RNG at construction (so
-    `torch.manual_seed` before building the model fixes it, and successive layers differ)."""
-    if seed is None:
-        return int(torch.randint(2**62, ()).item())
-    return int(seed)
-
-
-def generator(seed: int, draw: int = 0) -> torch.Generator:
-    """A CPU generator for draw number `draw` of the module seeded `seed`.
-
-    Draws are addressed by number, so draw t is the same whether or not draws 0..t-1 happened in
-    this process (a resumed run redraws what an uninterrupted one would have). Python's hash of a
-    tuple of ints is not salted per process, so this is reproducible across runs.
-    """
-    return torch.Generator().manual_seed(hash((seed, draw)) % 2**63)
 
 
 def orthogonal_gaussian(rows: int, dim: int, gen: torch.Generator) -> torch.Tensor:
@@ -65,35 +47,25 @@ class RandomFeatures(nn.Module):
 
     redraw_every None: W is drawn once at construction and kept (train and eval alike).
     redraw_every N: training-mode calls 1..N use draw 0, calls N+1..2N draw 1, and so on; eval
-    calls never redraw and use the current W. W is a buffer and the call count is extra state,
-    so a checkpoint restores both. Under DistributedDataParallel every rank builds the module from
-    the same seed and redraws identically; under nn.DataParallel the replicas' counts are
-    discarded each step (a known PyTorch limitation), so use DDP with redraws.
+    calls never redraw and use the current W (the schedule is a `DrawCounter`). W is a buffer and
+    the call count is extra state, so a checkpoint restores both. Under nn.DataParallel the
+    replicas' counts are discarded each step (a known PyTorch limitation), so use DDP with redraws.
     """
 
     def __init__(self, head_dim: int, num_features: int, seed: int, redraw_every: int | None):
         super().__init__()
         self.num_features = num_features
-        self.seed = seed
-        self.redraw_every = redraw_every
-        self.training_calls = 0
+        self.draws = DrawCounter(seed, redraw_every)
         self.register_buffer("projection", orthogonal_gaussian(num_features, head_dim,
                                                                generator(seed, 0)))
 
-    def get_extra_state(self):
-        return {"training_calls": self.training_calls}
-
-    def set_extra_state(self, state):
-        self.training_calls = state["training_calls"]
-
     @torch.no_grad()
     def _count_call(self) -> None:
-        every = self.redraw_every
-        if every and self.training_calls > 0 and self.training_calls % every == 0:
-            fresh = orthogonal_gaussian(*self.projection.shape,
-                                        generator(self.seed, self.training_calls // every))
+        before = self.draws.current()
+        draw = self.draws.next()
+        if draw != before:
+            fresh = orthogonal_gaussian(*self.projection.shape, self.draws.generator(draw))
             self.projection.copy_(fresh)
-        self.training_calls += 1
 
     def _log_features(self, x: torch.Tensor) -> torch.Tensor:
         """u = W x' - |x'|^2 / 2 with x' = d^-1/4 x: (batch, heads, seq, d) -> (.., seq, m)."""
@@ -109,8 +81,7 @@ class RandomFeatures(nn.Module):
         q_offset (batch, heads, seq, 1) and k_offset (batch, heads, 1, 1); both detached.
         phi_k is exactly zero at padded keys (mask: (batch, seq) bool, True = real).
         """
-        if self.training:
-            self._count_call()
+        self._count_call()
         scale = self.num_features ** -0.5
         u_q = self._log_features(q)
         q_offset = u_q.amax(dim=-1, keepdim=True).detach()

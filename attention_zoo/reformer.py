@@ -26,8 +26,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .draws import generator, module_seed
 from .masking import neg_inf, pad_all_to_multiple
-from .random_features import generator, module_seed
 from .registry import Attention, AttentionError, register_attention, require_ints
 
 # The logit of a token for itself: far below any real logit (|q . k| <= |q| with unit keys),

@@ -52,8 +52,8 @@ import torch.nn.functional as F
 from kernels.lsh import ESTIMATORS, lsh_cumulation, simhash_codes
 
 from .conv_branch import ConvOptions, WithConvBranch
+from .draws import generator, module_seed
 from .masking import row_mask
-from .random_features import generator, module_seed
 from .registry import (
     Attention,
     AttentionError,
