@@ -23,16 +23,16 @@ def module_seed(seed: int | None) -> int:
     return int(seed)
 
 
-def draw_seed(seed: int, draw: int) -> int:
-    """A 63-bit seed for draw `draw` of the module seeded `seed`, from hashlib (Python's `hash` of
-    a tuple is not promised to stay the same across Python versions)."""
-    digest = hashlib.blake2b(f"{seed}:{draw}".encode(), digest_size=8).digest()
+def stable_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, from hashlib (Python's `hash` of a tuple is not promised to
+    stay the same across Python versions, nor `hash` of a str across processes)."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
 def generator(seed: int, draw: int = 0) -> torch.Generator:
     """A CPU generator for draw number `draw` of the module seeded `seed`."""
-    return torch.Generator().manual_seed(draw_seed(seed, draw))
+    return torch.Generator().manual_seed(stable_seed(seed, draw))
 
 
 class DrawCounter(nn.Module):

@@ -10,7 +10,7 @@ and `manifest.json`:
     splits: {split: {size, label_counts, sha256: {file: digest}}}
 
 Masks are explicit: a token is real iff its position is below the example's length. Pixel value 0
-is a real token. The whole folder is written through `lra.atomic.atomic_dir`: a killed or failed
+is a real token. The whole folder is written through `atomic.atomic_dir`: a killed or failed
 build leaves the previous cache as it was, and the new one gets the umask's permissions, so other
 users of a shared cluster can read it.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from lra.atomic import atomic_dir
+from .atomic import atomic_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")

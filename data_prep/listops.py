@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lra.atomic import atomic_write
-
+from .atomic import atomic_write
 from .cache import SPLITS, DataError, Split, pack, write_task
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")

@@ -50,8 +50,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from lra.atomic import atomic_dir
-
+from .atomic import atomic_dir
 from .cache import SHUFFLE_SEED, DataError, Split, write_task
 
 log = logging.getLogger(__name__)

@@ -4,11 +4,11 @@ files with resume and a checksum.
 The archive is a gzipped tar whose files sit under `lra_release/lra_release/`, with some copies
 at `lra_release/` or the top level too. A folder is searched in that order. From the archive, the
 members under one task's folder are streamed out (the nested copy wins over the others) into
-`extract_dir/<folder>` through `lra.atomic.atomic_dir`, so an interrupted extraction leaves
+`extract_dir/<folder>` through `atomic.atomic_dir`, so an interrupted extraction leaves
 nothing behind, a finished one is reused, and other users can read it (umask permissions).
 
 Downloads go to `<dest>.part` (flushed to disk after every request) and resume from its size with
-an HTTP Range request; the file is moved to `<dest>` atomically (`lra.atomic.atomic_write`) only
+an HTTP Range request; the file is moved to `<dest>` atomically (`atomic.atomic_write`) only
 when complete and, if a sha256 is given, matching it.
 """
 
@@ -27,8 +27,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from lra.atomic import atomic_dir, atomic_write
-
+from .atomic import atomic_dir, atomic_write
 from .cache import DataError, file_sha256
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ import torch
 import kernels
 from attention_zoo import attention_class, build_attention, list_attentions
 from attention_zoo.structured import relative_error, structured_qkv
+from data_prep.atomic import atomic_write_text
 
-from .atomic import atomic_write_text
 from .cli import call
 from .memory import PeakMemory
 from .results import to_csv, to_markdown

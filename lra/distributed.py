@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from attention_zoo.draws import stable_seed
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -67,7 +69,7 @@ def reseed(seed: int, rank: int, step: int) -> None:
     with exactly the random stream it would have had, with no RNG state to save; each rank draws
     its own dropout masks.
     """
-    torch.manual_seed(hash((seed, rank, step)) % 2**63)
+    torch.manual_seed(stable_seed(seed, rank, step))
 
 
 def shutdown() -> None:

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from data_prep.atomic import atomic_write_text
+
 from .cli import UserError, call
 
 # Every summary.json has at least these keys, in this order in tables.

@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from data_prep.atomic import atomic_write, atomic_write_text
+
 from . import cli, distributed
-from .atomic import atomic_write, atomic_write_text
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .eta import StepClock

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from lra.atomic import atomic_dir, atomic_write_text
+from data_prep.atomic import atomic_dir, atomic_write_text
 
 
 def test_file_is_replaced_whole_with_umask_permissions(tmp_path):
