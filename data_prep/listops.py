@@ -101,6 +101,12 @@ def encode(source: str) -> list[int]:
     return [SOURCE_ID[tok] for tok in tokenize(source)]
 
 
+# Draws in a row without a new example after which the generator gives up: far more than any
+# workable setting needs (depth 2 with 2 arguments has only 410 distinct trees, 10 leaves and
+# 4 x 10 x 10 operator nodes, and every one of them turns up within a few thousand draws).
+GIVE_UP_AFTER = 100_000
+
+
 def generate(
     sizes: dict[str, int], *, seed: int, max_depth: int, max_args: int, min_length: int,
     max_length: int, progress: bool = True,
@@ -111,15 +117,25 @@ def generate(
     rng = random.Random(seed)
     total = sum(sizes.values())
     seen: dict[str, int] = {}
+    misses = 0  # draws since the last new example
     with tqdm(total=total, desc="listops", unit="tree", disable=not progress,
               file=sys.stderr) as bar:
         while len(seen) < total:
+            # Small settings admit few distinct trees in the length window: say so, never spin.
+            if misses >= GIVE_UP_AFTER:
+                raise DataError(
+                    f"listops generator: only {len(seen)} distinct trees of the {total} asked "
+                    f"came out of max_depth={max_depth}, max_args={max_args}, "
+                    f"{min_length} < length < {max_length} ({GIVE_UP_AFTER} draws in a row gave "
+                    "nothing new); widen the settings or ask for fewer examples")
+            misses += 1
             tree, length = generate_tree(rng, max_depth, max_args)
             if not min_length < length < max_length:
                 continue
             text = to_string(tree)
             if text not in seen:
                 seen[text] = evaluate(tree)
+                misses = 0
                 bar.update(1)
     examples = list(seen.items())
     out, start = {}, 0

@@ -162,3 +162,10 @@ def test_corrupt_or_missing_cache_is_rejected(tiny_data_root, tmp_path):
     (task_dir / "manifest.json").unlink()
     with pytest.raises(DataError, match="python -m data_prep"):
         read_manifest(task_dir, task="listops")
+
+
+def test_generator_fails_with_the_settings_when_they_admit_too_few_trees():
+    # Depth 2 with 2 arguments has few distinct trees: asking for more must fail, never spin.
+    with pytest.raises(DataError, match=r"max_depth=2, max_args=2, 0 < length < 16"):
+        listops.generate({"train": 5000}, seed=0, max_depth=2, max_args=2, min_length=0,
+                         max_length=16, progress=False)
