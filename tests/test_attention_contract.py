@@ -32,7 +32,11 @@ def same_draws(attn):
     """attn, restored to its present state before each call, so that every call makes the same
     random draws (methods that redraw on every forward, eval included, count their calls)."""
     state = attn.state_dict()
-    attn.register_forward_pre_hook(lambda module, args: module.load_state_dict(state))
+
+    def restore(module, args):
+        module.load_state_dict(state)  # returns None: a hook's return value would replace args
+
+    attn.register_forward_pre_hook(restore)
     return attn
 
 
