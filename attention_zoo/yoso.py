@@ -37,9 +37,9 @@ Hadamard matrix, D_i random sign diagonals); each transform's p signs give p // 
 consecutive bits, and each group of p // tau rounds has its own transform. The planes are the
 rows of one orthogonal matrix, so they are not independent Gaussians and the collision rate is
 not exactly (1 - arccos(q.k) / pi)^tau: it runs lower by 1% at q.k = 0.95, 6% at 0.8, 14% at
-0.6 and 25% at 0.3 (tau 12, head_dim 64; tools/measure_yoso.py). It changes the distribution, not only the
-speed (on the CPU the planes are a matrix and the hash is one matmul either way). Needs
-tau <= p. "gaussian": tau independent Gaussian hyperplanes per round, whose collision rate is
+0.6 and 25% at 0.3 (tau 12, head_dim 64; tools/measure_yoso.py). It changes the distribution,
+not only the speed (on the CPU the planes are a matrix and the hash is one matmul either way).
+Needs tau <= p. "gaussian": tau independent Gaussian hyperplanes per round, whose collision rate is
 exactly (1 - arccos(q.k) / pi)^tau.
 
 Redraws (option `redraw`), addressed by draw number through attention_zoo.draws.DrawCounter:
