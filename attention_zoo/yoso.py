@@ -3,11 +3,10 @@
 q and k are L2-normalised. Each of `num_hash` rounds draws tau random hyperplanes (SimHash); a
 vector's tau sign bits form its code, and keys with the same code share one of 2^tau buckets. The
 round's estimate for a query is the sum of v over the keys in its bucket (kernels.lsh). The
-output is the L2-normalised mean over rounds. A key collides with a query in a round with
-probability (1 - arccos(q.k) / pi)^tau, so the mean over rounds estimates B v with
-B_ij = (1 - arccos(q_i.k_j) / pi)^tau (unnormalised: this is YOSO's own kernel, not an estimate
-of softmax attention). Padded keys are routed to an extra trash bucket that no query reads, so
-they never land in a real bucket.
+output is the L2-normalised mean over rounds. With Gaussian hyperplanes a key collides with a
+query in a round with probability (1 - arccos(q.k) / pi)^tau, so the mean over rounds estimates
+B v with B_ij = (1 - arccos(q_i.k_j) / pi)^tau (unnormalised: this is YOSO's own kernel, not an
+estimate of softmax attention); the published Hadamard hash (below) comes close to it.
 
 Short examples. The paper's per-task tau is ceil(log2(max length)): about one bucket per token.
 With that tau an example much shorter than the maximum has far more buckets than keys, so most
@@ -24,22 +23,39 @@ no derivative:
     comparison ran, so our numbers compare with the paper's. Each query-key pair that collided
     in at least one round contributes once, weighted by dB/d(q.k) of the expected kernel B
     (at 0.99 q.k, which keeps the derivative finite for a query and its own key).
+    `backward_slots` (default 1024, the published kernel's workspace): past 1024 keys, each
+    query keeps one colliding key per slot (key j in slot j mod 1024, drawn among the slot's
+    collisions), so at most 1024 keys per query count (and likewise queries per key for dk);
+    null keeps every colliding pair.
   - "v1": the YOSO paper's shortcut, (tau / 2) times the sampled collisions averaged over rounds,
     an unbiased estimate of the gradient of B with dB/d(q.k) replaced by (tau / 2) B.
 So q, k and v all get finite gradients, nonzero wherever some query-key pair collided.
 
-Kernels (option `backend`): kernels.lsh runs the cumulation and its backward in C++/OpenMP
-("cpp", the default on CPU through "auto") or in PyTorch ("reference", any device); both give the
-same result for the same hash draws. `backend_in_use` names the one the last forward ran.
+Hashing (option `hash`). "hadamard" (default, the published fast hash): a head's vectors,
+zero-padded to p = 2^ceil(log2 head_dim), map to H D3 H D2 H D1 x (H the p x p Sylvester
+Hadamard matrix, D_i random sign diagonals); each transform's p signs give p // tau codes of tau
+consecutive bits, and each group of p // tau rounds has its own transform. The planes are the
+rows of one orthogonal matrix, so they are not independent Gaussians and the collision rate is
+not exactly (1 - arccos(q.k) / pi)^tau: it runs lower by 1% at q.k = 0.95, 6% at 0.8, 14% at
+0.6 and 25% at 0.3 (tau 12, head_dim 64; tools/measure_yoso.py). It changes the distribution,
+not only the speed (on the CPU the planes are a matrix and the hash is one matmul either way).
+Needs tau <= p. "gaussian": tau independent Gaussian hyperplanes per round, whose collision rate is
+exactly (1 - arccos(q.k) / pi)^tau.
 
-Randomness, addressed by draw number as in random_features.py. The module's seed is the option
-`seed`, else one draw from the global RNG at construction. Training: call t (t = 1, 2, ...) draws
-fresh hyperplanes from `generator(seed, t)` (a fresh sample per step, as the paper). Eval: the
-fixed hyperplanes of draw 0 (a persistent buffer), so eval output is deterministic. The seed and
-the training-call count are extra state, so a run resumed from a checkpoint draws what the
-uninterrupted run would have. One set of hyperplanes per (head, round) is shared by the batch, so
-an example's output never depends on the rest of its batch. On CUDA the bucket sums use atomic
-adds, so their last bits may vary between runs.
+Redraws (option `redraw`), addressed by draw number through attention_zoo.draws.DrawCounter:
+  - "every_forward" (default, as published): every call, eval included, hashes with a fresh
+    draw, so eval output is random too (a rerun with the same seed repeats it);
+  - "training_steps": each training call draws afresh; eval calls keep the last draw.
+Call t uses draw t - 1 of the module's seed (the option `seed`, else one draw from the global
+RNG at construction); the count is in the state_dict, so a run resumed from a checkpoint draws
+what the uninterrupted run would have. The published code draws per (example, head); here one
+draw per (head, round) is shared by the batch, so an example's output never depends on its
+position in the batch or on the rest of it (each example's output has the same distribution).
+The v2 workspace's survivor draw is seeded from the same draw. On CUDA the bucket sums use
+atomic adds, so their last bits may vary between runs.
+
+Padding: padded keys go to the trash bucket 2^tau that no query reads and padded queries to
+2^tau + 1, which no key holds, so neither ever takes a slot of the v2 workspace.
 """
 
 from __future__ import annotations
@@ -49,10 +65,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.lsh import ESTIMATORS, lsh_cumulation, simhash_codes
+from kernels.lsh import ESTIMATORS, V2_SLOTS, lsh_cumulation, simhash_codes
 
 from .conv_branch import ConvOptions, WithConvBranch
-from .draws import generator, module_seed
+from .draws import DrawCounter, draw_seed, module_seed
 from .masking import row_mask
 from .registry import (
     Attention,
@@ -62,6 +78,44 @@ from .registry import (
     require_ints,
 )
 
+HASHES = ("hadamard", "gaussian")
+REDRAWS = ("every_forward", "training_steps")
+
+
+def sylvester(p: int) -> torch.Tensor:
+    """The p x p Hadamard matrix of Sylvester's construction (p a power of 2), float64."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < p:
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)])
+    return h
+
+
+def padded_dim(head_dim: int) -> int:
+    """The Hadamard transform's width: head_dim rounded up to a power of 2."""
+    return 1 << (head_dim - 1).bit_length()
+
+
+def hadamard_planes(gen: torch.Generator, heads: int, rounds: int, head_dim: int, tau: int
+                    ) -> torch.Tensor:
+    """(heads, rounds, head_dim, tau) planes of the randomised Hadamard hash: sign(x @ planes)
+    are the signs of H D3 H D2 H D1 x (x zero-padded to p), round j * (p // tau) + c taking
+    outputs c * tau .. c * tau + tau - 1 of transform j. Entries are integers, exact in fp32."""
+    p = padded_dim(head_dim)
+    per = p // tau  # codes per transform
+    parts = -(-rounds // per)
+    signs = torch.randint(0, 2, (heads, parts, 3, p, 1), generator=gen).double() * 2 - 1
+    h = sylvester(p)
+    # Row-vector form: x^T D1 H D2 H D3 H = (H D3 H D2 H D1 x)^T, H symmetric. (heads, parts, p, p)
+    m = (signs[:, :, 0] * h) @ (signs[:, :, 1] * h) @ (signs[:, :, 2] * h)
+    codes = m[..., :head_dim, :per * tau].unflatten(-1, (per, tau))  # (heads, parts, d, per, tau)
+    return codes.transpose(2, 3).flatten(1, 2)[:, :rounds].float()
+
+
+def gaussian_planes(gen: torch.Generator, heads: int, rounds: int, head_dim: int, tau: int
+                    ) -> torch.Tensor:
+    """(heads, rounds, head_dim, tau) independent standard Gaussian hyperplanes."""
+    return torch.randn(heads, rounds, head_dim, tau, generator=gen)
+
 
 @dataclass
 class YosoOptions:
@@ -70,45 +124,52 @@ class YosoOptions:
     # Per example, tau <= ceil(log2(real length)) + tau_slack; None = the paper's fixed tau.
     tau_slack: int | None = 2
     seed: int | None = None  # None: drawn from the global RNG at construction
+    hash: str = "hadamard"  # hyperplanes: "hadamard" published (H D3 H D2 H D1), "gaussian"
+    redraw: str = "every_forward"  # published, eval included; "training_steps": eval keeps
     backward: str = "v2"  # q/k gradient estimator: "v2" published, "v1" the paper's (tau / 2) B
+    # v2: at most this many keys per query (the published workspace); None: every colliding key
+    backward_slots: int | None = V2_SLOTS
     backend: str = "auto"  # kernels.lsh backend: auto, cpp or reference
 
     def validate(self) -> None:
-        require_ints("yoso", self, nullable=("tau_slack", "seed"), num_hash=1, tau=1,
-                     tau_slack=0, seed=0)
+        require_ints("yoso", self, nullable=("tau_slack", "seed", "backward_slots"), num_hash=1,
+                     tau=1, tau_slack=0, seed=0, backward_slots=1)
         if self.tau > 24:
             raise AttentionError(f"yoso: tau must be <= 24 (2^tau buckets), got {self.tau}")
-        if self.backward not in ESTIMATORS:
-            raise AttentionError(f"yoso: backward must be one of {', '.join(ESTIMATORS)}, got "
-                                 f"{self.backward!r}")
+        for key, allowed in (("backward", ESTIMATORS), ("hash", HASHES), ("redraw", REDRAWS)):
+            if getattr(self, key) not in allowed:
+                raise AttentionError(f"yoso: {key} must be one of {', '.join(allowed)}, got "
+                                     f"{getattr(self, key)!r}")
         check_backend("yoso", self.backend)
 
 
 @register_attention("yoso", YosoOptions)
 class YosoAttention(Attention):
-    """YOSO LSH Bernoulli-sampling attention (see the module docstring for backward and RNG)."""
+    """YOSO LSH Bernoulli-sampling attention (see the module docstring for hashing, redraws and
+    the backward)."""
 
     approximates_softmax = False
     kernel_family = "lsh"
+    full_precision = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.seed = module_seed(self.options.seed)
-        self.training_calls = 0
+        opts = self.options
+        if opts.hash == "hadamard" and opts.tau > padded_dim(self.head_dim):
+            raise AttentionError(
+                f"yoso: hash 'hadamard' takes tau bits from one transform of width "
+                f"{padded_dim(self.head_dim)} (head_dim {self.head_dim} rounded up to a power of "
+                f"2), got tau={opts.tau}; use hash=gaussian or tau <= {padded_dim(self.head_dim)}")
+        self.draws = DrawCounter(module_seed(opts.seed), every=1,
+                                 count_eval=opts.redraw == "every_forward")
         self.backend_in_use: str | None = None  # the kernels.lsh backend of the last forward
-        self.register_buffer("eval_planes", self.draw_planes(0))
-
-    def get_extra_state(self):
-        return {"seed": self.seed, "training_calls": self.training_calls}
-
-    def set_extra_state(self, state):
-        self.seed, self.training_calls = state["seed"], state["training_calls"]
 
     def draw_planes(self, draw: int) -> torch.Tensor:
-        """(heads, rounds, head_dim, tau) Gaussian hyperplanes of draw number `draw`."""
+        """(heads, rounds, head_dim, tau) hyperplanes of draw number `draw`."""
         opts = self.options
-        return torch.randn(self.num_heads, opts.num_hash, self.head_dim, opts.tau,
-                           generator=generator(self.seed, draw))
+        family = hadamard_planes if opts.hash == "hadamard" else gaussian_planes
+        return family(self.draws.generator(draw), self.num_heads, opts.num_hash, self.head_dim,
+                      opts.tau)
 
     def example_bits(self, mask: torch.Tensor) -> torch.Tensor:
         """(batch,) hash bits per example: tau, capped at ceil(log2 L) + tau_slack."""
@@ -119,26 +180,24 @@ class YosoAttention(Attention):
         lengths = mask.sum(dim=1).clamp_min(1).double()
         return torch.minimum(bits, torch.ceil(torch.log2(lengths)).long() + opts.tau_slack)
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
-        tau = self.options.tau
-        if self.training:
-            self.training_calls += 1
-            planes = self.draw_planes(self.training_calls)
-        else:
-            planes = self.eval_planes
-        planes = planes.to(device=q.device, dtype=q.dtype)  # (heads, rounds, d, tau)
+        opts = self.options
+        tau = opts.tau
+        draw = self.draws.next()
+        # planes: (heads, rounds, d, tau)
+        planes = self.draw_planes(draw).to(device=q.device, dtype=q.dtype)
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         bits = self.example_bits(mask)  # (batch,)
-        # Keep each example's low `bits` bits; padded keys go to the trash bucket 2^tau.
+        # Keep each example's low `bits` bits; padded keys and queries go to trash buckets.
         low = ((1 << bits) - 1)[:, None, None]  # (batch, 1, 1), broadcasts over heads and seq
-        # q_codes, k_codes: (rounds, batch, heads, seq) in [0, 2^tau]
-        q_codes = simhash_codes(q, planes) & low
-        k_codes = (simhash_codes(k, planes) & low).masked_fill(~mask[:, None, :], 2**tau)
+        pad = ~mask[:, None, :]  # (batch, 1, seq)
+        # q_codes, k_codes: (rounds, batch, heads, seq) in [0, 2^tau + 1]
+        q_codes = (simhash_codes(q, planes) & low).masked_fill(pad, 2**tau + 1)
+        k_codes = (simhash_codes(k, planes) & low).masked_fill(pad, 2**tau)
         v = torch.where(row_mask(mask), v, 0)
-        out, self.backend_in_use = lsh_cumulation(q, k, v, q_codes, k_codes, bits, 2**tau + 1,
-                                                  self.options.backward, self.options.backend)
+        out, self.backend_in_use = lsh_cumulation(
+            q, k, v, q_codes, k_codes, bits, 2**tau + 2, opts.backward, opts.backward_slots or 0,
+            draw_seed(self.draws.seed, draw), opts.backend)
         return F.normalize(out, dim=-1)
 
 

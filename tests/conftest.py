@@ -16,22 +16,38 @@ from kernels.backend import registered_backends
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The alternative of each protocol option (the default follows the published code): the contract
+# suite runs each as its own case, "name[key=value,...]". One line per attention.
+ALTERNATIVES: dict[str, list[dict]] = {
+    "yoso": [{"hash": "gaussian"}, {"redraw": "training_steps"}, {"backward_slots": None}],
+    "yoso_conv": [{"hash": "gaussian", "redraw": "training_steps", "backward_slots": None}],
+}
+
+
+def case_name(name: str, options: dict) -> str:
+    return f"{name}[{','.join(f'{key}={value}' for key, value in options.items())}]"
+
+
 def attention_cases() -> list[str]:
     """Every registered attention once per CPU kernel backend: the name alone runs its default
-    (auto: the fastest that loads), "name@backend" each other backend of its kernel family."""
+    (auto: the fastest that loads), "name@backend" each other backend of its kernel family; and
+    once per entry of ALTERNATIVES, "name[key=value]"."""
     cases = []
     for name in list_attentions():
         cases.append(name)
         family = attention_class(name).kernel_family
         if family:
             cases += [f"{name}@{b}" for b in registered_backends(family, "cpu")[1:]]
+        cases += [case_name(name, options) for options in ALTERNATIVES.get(name, [])]
     return cases
 
 
 def build_case(case: str, **kwargs):
     """build_attention for an `attention_cases()` entry."""
     name, _, backend = case.partition("@")
-    return build_attention(name, **kwargs, **({"backend": backend} if backend else {}))
+    name = name.partition("[")[0]
+    options = next((o for o in ALTERNATIVES.get(name, []) if case_name(name, o) == case), {})
+    return build_attention(name, **kwargs, **options, **({"backend": backend} if backend else {}))
 
 
 @pytest.fixture(scope="session")

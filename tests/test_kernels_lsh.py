@@ -1,11 +1,13 @@
 """kernels.lsh: the C++ backend equals the reference for the same hash draws, both equal the
-estimators written densely from the collision matrices, v2's mean over draws is its stated
-expectation, and backend choice falls back as documented. The C++ library builds once per
-machine (cached by torch), about a minute the first time."""
+estimators written densely from the collision matrices (v2 with and without the published
+1024-slot workspace, here with fewer slots so that small inputs exercise it), v2's mean over
+draws is its stated expectation, and backend choice falls back as documented. The C++ library
+builds once per machine (cached by torch), about a minute the first time."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 
@@ -61,11 +63,11 @@ def make_case(seed: int, n: int, d: int, tau: int, rounds: int, dtype=torch.floa
     return Case(q, k, v, g, q_codes, k_codes, bits, 2**tau + 1)
 
 
-def run(module, case: Case, estimator: str):
+def run(module, case: Case, estimator: str, slots: int = 0, seed: int = 0):
     """(out, dq, dk, dv) of module.lsh_cumulation for the case's output gradient."""
     leaves = [x.clone().requires_grad_(True) for x in (case.q, case.k, case.v)]
     out = module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits, case.num_buckets,
-                                estimator)
+                                estimator, slots, seed)
     out.backward(case.g)
     return [out.detach(), *(x.grad for x in leaves)]
 
@@ -74,19 +76,50 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
-def dense(case: Case, estimator: str):
+MASK32 = 2**32 - 1
+
+
+def mix(x: int) -> int:
+    """The documented 32-bit mixer, on Python ints."""
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & MASK32
+    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & MASK32
+    return x ^ (x >> 16)
+
+
+def survivors(codes_out: torch.Tensor, codes_in: torch.Tensor, slots: int, seed: int
+              ) -> torch.Tensor:
+    """The capped support, one (row, slot) at a time: among the collision events (b, r) of the
+    inputs b = slot, slot + slots, ..., the one of smallest key mix(mix(mix(mix(seed ^ h) ^ a)
+    ^ b) ^ r), ties to the smaller b, keeps its b. -> (batch, heads, n_out, n_in) bool."""
+    rounds, batch, heads, n_out = codes_out.shape
+    n_in = codes_in.shape[-1]
+    keep = torch.zeros(batch, heads, n_out, n_in, dtype=torch.bool)
+    for x, h, a in itertools.product(range(batch), range(heads), range(n_out)):
+        for slot in range(min(slots, n_in)):
+            events = [(mix(mix(mix(mix(seed ^ h) ^ a) ^ b) ^ r), b)
+                      for b in range(slot, n_in, slots) for r in range(rounds)
+                      if codes_out[r, x, h, a] == codes_in[r, x, h, b]]
+            if events:
+                keep[x, h, a, min(events)[1]] = True
+    return keep
+
+
+def dense(case: Case, estimator: str, slots: int = 0, seed: int = 0):
     """(out, dq, dk, dv) written with the (n, n) collision matrices S^r of the codes."""
     s = (case.q_codes[..., :, None] == case.k_codes[..., None, :]).to(case.v.dtype)
     mean_s, union = s.mean(0), s.amax(0)  # (batch, heads, n, n)
     tau = case.bits.to(case.v.dtype)[:, None, None, None]
     gv = case.g @ case.v.transpose(-1, -2)  # g_i . v_j
     if estimator == "v1":
-        pair = tau / 2 * mean_s * gv
+        pair_q = pair_k = tau / 2 * mean_s * gv
     else:
         y = 0.99 * case.q @ case.k.transpose(-1, -2)
         slope = tau * (1 - torch.arccos(y) / math.pi) ** (tau - 1) / math.pi
-        pair = union * slope * (1 - y**2).rsqrt().clamp_max(10) * gv
-    return (mean_s @ case.v, pair @ case.k, pair.transpose(-1, -2) @ case.q,
+        pair_q = pair_k = union * slope * (1 - y**2).rsqrt().clamp_max(10) * gv
+        if slots:
+            pair_q = pair_q * survivors(case.q_codes, case.k_codes, slots, seed)
+            pair_k = pair_k * survivors(case.k_codes, case.q_codes, slots, seed).transpose(-1, -2)
+    return (mean_s @ case.v, pair_q @ case.k, pair_k.transpose(-1, -2) @ case.q,
             mean_s.transpose(-1, -2) @ case.g)
 
 
@@ -95,30 +128,52 @@ SHAPES = [(1, 16, 1, 1), (7, 16, 3, 2), (64, 32, 6, 16), (129, 64, 12, 4), (300,
           (600, 48, 12, 3)]
 
 
-@pytest.mark.parametrize("estimator", ["v2", "v1"])
+# (estimator, slots): v2 with every colliding pair, v2 cut to few slots, v1.
+ESTIMATORS = [("v2", 0), ("v2", 5), ("v1", 0)]
+
+
+@pytest.mark.parametrize("estimator, slots", ESTIMATORS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("n, d, tau, rounds", SHAPES)
-def test_cpp_equals_reference(cpp, monkeypatch, n, d, tau, rounds, dtype, tol, estimator):
+def test_cpp_equals_reference(cpp, monkeypatch, n, d, tau, rounds, dtype, tol, estimator, slots):
     """Same hash draws, fresh random inputs with random padding: forward and all three gradients
     agree; outputs start as NaN (LRA_KERNELS_POISON), so an element left unwritten fails."""
     monkeypatch.setenv("LRA_KERNELS_POISON", "1")
     case = make_case(1000 * n + d, n, d, tau, rounds, dtype)
-    for name, ours, oracle in zip(("out", "dq", "dk", "dv"), run(cpp, case, estimator),
-                                  run(reference, case, estimator), strict=True):
+    for name, ours, oracle in zip(("out", "dq", "dk", "dv"), run(cpp, case, estimator, slots, n),
+                                  run(reference, case, estimator, slots, n), strict=True):
         err = relative_error(ours, oracle)
         assert err < tol, f"{name}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
-@pytest.mark.parametrize("estimator", ["v2", "v1"])
-def test_backends_compute_the_documented_estimators(cpp, backend, estimator):
-    """Each backend against the dense formulas of kernels/lsh/__init__.py (fp64)."""
+@pytest.mark.parametrize("estimator, slots", ESTIMATORS)
+def test_backends_compute_the_documented_estimators(cpp, backend, estimator, slots):
+    """Each backend against the dense formulas of kernels/lsh/__init__.py (fp64), the workspace's
+    survivors drawn one slot at a time."""
     module = cpp if backend == "cpp" else reference
     case = make_case(3, 45, 8, 3, 5)
-    for name, ours, formula in zip(("out", "dq", "dk", "dv"), run(module, case, estimator),
-                                   dense(case, estimator), strict=True):
+    for name, ours, formula in zip(("out", "dq", "dk", "dv"),
+                                   run(module, case, estimator, slots, 77),
+                                   dense(case, estimator, slots, 77), strict=True):
         err = relative_error(ours, formula)
         assert err < 1e-12, f"{name}: relative error {err:.2e}"
+
+
+def test_slot_survivors_follow_the_collision_counts():
+    """Per slot the survivor is drawn over collision events: over many seeds, a key that collides
+    in 3 rounds survives 3 times as often as its slot-mate that collides in 1 (within 5 standard
+    errors), and a slot holding one colliding key always keeps it."""
+    rounds, draws = 4, 3000
+    # One query (code 0 every round); keys 0 and 2 share slot 0 of 2 slots, key 1 has slot 1.
+    codes_out = torch.zeros(rounds, 1, 1, 1, dtype=torch.long)
+    codes_in = torch.tensor([[0, 0, 1], [0, 1, 1], [0, 1, 1], [1, 1, 0]])[:, None, None, :]
+    kept = torch.stack([reference.slot_survivors(codes_out[..., None] == codes_in[..., None, :],
+                                                 torch.arange(1), 2, seed)[0, 0, 0]
+                        for seed in range(draws)]).double()  # (draws, 3)
+    assert (kept[:, 1] == 1).all() and (kept[:, 0] + kept[:, 2] == 1).all()
+    share = kept[:, 0].mean().item()
+    assert abs(share - 0.75) < 5 * math.sqrt(0.75 * 0.25 / draws)
 
 
 def test_gradcheck_v(cpp):
@@ -127,7 +182,7 @@ def test_gradcheck_v(cpp):
     v = case.v.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda v: cpp.lsh_cumulation(case.q, case.k, v, case.q_codes, case.k_codes, case.bits,
-                                     case.num_buckets, "v2"), (v,))
+                                     case.num_buckets, "v2", 3, 1), (v,))
 
 
 def test_ops_pass_opcheck(cpp):
@@ -140,8 +195,9 @@ def test_ops_pass_opcheck(cpp):
     for estimator in ("v1", "v2"):
         torch.library.opcheck(ops.weighted_cumulation.default,
                               (codes[0], case.q, case.g, codes[1], case.v, case.k, case.bits,
-                               estimator))
-        torch.library.opcheck(ops.lsh_cumulation.default, (q, k, v, *codes, case.bits, estimator))
+                               estimator, 4, 7))
+        torch.library.opcheck(ops.lsh_cumulation.default,
+                              (q, k, v, *codes, case.bits, estimator, 4, 7))
 
 
 @pytest.mark.parametrize("estimator", ["v2", "v1"])

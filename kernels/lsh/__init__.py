@@ -1,6 +1,7 @@
 """YOSO's hashing and bucket cumulation: one entry point over the backends "cpp" and "reference".
 
-    out = lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator="v2")
+    out = lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator="v2", slots=0,
+                         seed=0)
 
 q, k: (batch, heads, n, d) unit rows; v: (batch, heads, n_k, d); q_codes, k_codes: (rounds,
 batch, heads, n) int64 bucket codes (SimHash, `simhash_codes`); bits: (batch,) each example's
@@ -24,14 +25,23 @@ Backward, g = d loss / d out:
     0.99 keeps y off +-1, where 1 / sqrt(1 - y^2) diverges (a query and its own key); for unit
     q, k the clip at 10 never binds, since 1 / sqrt(1 - 0.99^2) = 7.09. The published kernel
     evaluates arccos, the power and 1 / sqrt(1 - y^2 + 1e-6) from 32-entry linear-interpolation
-    tables and, past 1024 keys, keeps U_i in 1024 slots (key j in slot j mod 1024, one random
-    survivor per slot); here all three are exact (no 1e-6) and U_i is complete.
+    tables; here they are exact (no 1e-6).
+  v2's workspace, `slots` (the published kernel's 1024, `V2_SLOTS`; 0: none): past `slots`
+    inputs, U_i is cut to one survivor per slot: key j goes to slot j mod slots, and among the
+    collision events (j, r) of a slot one survives, drawn uniformly, so key j is kept with
+    probability (its colliding rounds) / (the slot's colliding (key, round) events); the
+    survivors keep their weight (nothing is rescaled), so past 1024 keys the published gradient
+    sums at most 1024 keys per query. The published kernel draws with a per-thread LCG under
+    atomic adds (a reservoir that never keeps a slot's first event); here the draw is a hash of
+    (seed, head, i, j, r) (reference.slot_survivors), identical on every backend, so the same
+    seed gives the same gradient. dk uses slots over queries in the same way.
   "v1" (the YOSO paper's shortcut; HuggingFace's lsh_backward):
       dq_i = (tau / 2) mean_r sum_j S^r_ij (g_i . v_j) k_j,   dk_j likewise;
     an unbiased estimate of sum_j (tau / 2) B_ij (g_i . v_j) k_j: dB/dx replaced by (tau / 2) B.
 
-Backends (kernels.backend): "cpp" (cpu.py, lsh.cpp: OpenMP over batch * heads, keys sorted by code
-per round, colliding pairs walked, O(collisions * d)) then "reference" (reference.py, any device).
+Backends (kernels.backend): "cpp" (cpu.py, lsh.cpp: OpenMP over batch * heads and rows, keys
+sorted by code per round, colliding pairs walked, O(collisions + kept pairs * d)) then "reference"
+(reference.py, any device).
 """
 
 from __future__ import annotations
@@ -40,9 +50,9 @@ import torch
 
 from ..backend import register, resolve
 from . import reference
-from .reference import simhash_codes
+from .reference import V2_SLOTS, simhash_codes
 
-__all__ = ["ESTIMATORS", "lsh_cumulation", "simhash_codes"]
+__all__ = ["ESTIMATORS", "V2_SLOTS", "lsh_cumulation", "simhash_codes"]
 
 ESTIMATORS = ("v2", "v1")
 
@@ -60,12 +70,15 @@ register("lsh", "reference", ("cpu", "cuda"), lambda: reference)
 def lsh_cumulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_codes: torch.Tensor,
     k_codes: torch.Tensor, bits: torch.Tensor, num_buckets: int, estimator: str = "v2",
-    backend: str = "auto",
+    slots: int = 0, seed: int = 0, backend: str = "auto",
 ) -> tuple[torch.Tensor, str]:
     """(out, name of the backend that ran): out = mean_r sum_j S^r_ij v_j, (batch, heads, n_q, d),
     differentiable in q, k (the estimator above) and v. num_buckets: codes lie in
-    [0, num_buckets)."""
+    [0, num_buckets). slots, seed: v2's workspace (0: the complete union) and its draw."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"kernels.lsh: estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    if slots < 0:
+        raise ValueError(f"kernels.lsh: slots must be >= 0 (0: no cap), got {slots}")
     name, module = resolve("lsh", backend, q.device)
-    return module.lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator), name
+    return module.lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator, slots,
+                                 seed), name

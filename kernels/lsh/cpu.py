@@ -29,27 +29,29 @@ def cumulation(codes_out, codes_in, values, num_buckets):
 
 
 def weighted_cumulation(codes_out, sim_out, x_out, codes_in, y_in, z_in, bits, num_buckets,
-                        estimator):
+                        estimator, slots=0, seed=0):
     """See reference.weighted_cumulation."""
     return torch.ops.lra_lsh.weighted_cumulation(codes_out, sim_out, x_out, codes_in, y_in, z_in,
-                                                 bits, estimator)
+                                                 bits, estimator, slots, seed)
 
 
-def lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator="v2"):
+def lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator="v2", slots=0, seed=0):
     """See reference.lsh_cumulation."""
-    return torch.ops.lra_lsh.lsh_cumulation(q, k, v, q_codes, k_codes, bits, estimator)
+    return torch.ops.lra_lsh.lsh_cumulation(q, k, v, q_codes, k_codes, bits, estimator, slots,
+                                            seed)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, q_codes, k_codes, bits, estimator = inputs
+    q, k, v, q_codes, k_codes, bits, estimator, slots, seed = inputs
     ctx.save_for_backward(q, k, v, q_codes, k_codes, bits)
-    ctx.estimator = estimator
+    ctx.estimator, ctx.slots, ctx.seed = estimator, slots, seed
 
 
 def _backward(ctx, grad):
-    grads = lsh_gradients(grad, *ctx.saved_tensors, 0, ctx.estimator, ctx.needs_input_grad[:3],
-                          cumulate=cumulation, weighted=weighted_cumulation)
-    return *grads, None, None, None, None
+    grads = lsh_gradients(grad, *ctx.saved_tensors, 0, ctx.estimator, ctx.slots, ctx.seed,
+                          ctx.needs_input_grad[:3], cumulate=cumulation,
+                          weighted=weighted_cumulation)
+    return *grads, *[None] * 6
 
 
 def _register() -> None:
@@ -63,11 +65,11 @@ def _register() -> None:
         return values.new_empty(*values.shape[:2], codes_out.shape[-1], values.shape[-1])
 
     @torch.library.register_fake("lra_lsh::weighted_cumulation")
-    def _(codes_out, sim_out, x_out, codes_in, y_in, z_in, bits, estimator):
+    def _(codes_out, sim_out, x_out, codes_in, y_in, z_in, bits, estimator, slots, seed):
         return z_in.new_empty(*z_in.shape[:2], codes_out.shape[-1], z_in.shape[-1])
 
     @torch.library.register_fake("lra_lsh::lsh_cumulation")
-    def _(q, k, v, q_codes, k_codes, bits, estimator):
+    def _(q, k, v, q_codes, k_codes, bits, estimator, slots, seed):
         return v.new_empty(*v.shape[:2], q_codes.shape[-1], v.shape[-1])
 
     torch.library.register_autograd("lra_lsh::lsh_cumulation", _backward,

@@ -1,11 +1,13 @@
 // YOSO's bucket cumulation and its q/k gradient estimators on the CPU (ops lra_lsh::*).
 //
 // Shapes: codes (rounds, batch, heads, n) int64 in [0, 2^31); vectors (batch, heads, n, dim);
-// bits (batch,) int64. Work is split over (batch * heads) with at::parallel_for (OpenMP in
-// torch's CPU builds, so torch.set_num_threads applies). Per (batch, head) and round the input
-// side is sorted by code once (std::sort, so no 2^tau table, whatever tau is); an output row then
-// finds its bucket by binary search. The forward sums each bucket once (O(n d) per round); the
-// weighted backward walks the colliding pairs (O(collisions d)), never an (e x d) bucket table.
+// bits (batch,) int64. Work is split with at::parallel_for (OpenMP in torch's CPU builds, so
+// torch.set_num_threads applies): the forward over (batch * heads), the weighted backward over
+// (batch * heads * rows). Per (batch, head) and round the input side is sorted by code once
+// (std::sort, so no 2^tau table, whatever tau is); an output row then finds its bucket by binary
+// search. The forward sums each bucket once (O(n d) per round); the weighted backward walks the
+// colliding pairs (O(collisions) integer work, O(pairs kept * d) arithmetic), never an (e x d)
+// bucket table.
 // The estimators are described in kernels/lsh/__init__.py; reference.py is the oracle.
 //
 // Every output element is written exactly once at the end of its row's work; with the
@@ -69,13 +71,23 @@ inline void axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim, 1 / sqrt(1 - x^2) clipped at 10.
 template <typename T>
-inline T v2_weight(T sim, T tau) {
+inline T int_pow(T base, int64_t exponent) {  // exponent >= 0, by squaring
+  T result = 1;
+  for (; exponent > 0; exponent >>= 1, base *= base) {
+    if (exponent & 1) result *= base;
+  }
+  return result;
+}
+
+// dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim, 1 / sqrt(1 - x^2) clipped at 10
+// (tau == tau_int, the integer for the power).
+template <typename T>
+inline T v2_weight(T sim, T tau, int64_t tau_int) {
   const T x = static_cast<T>(kV2Scale) * sim;
   const T inv_sqrt = std::min(static_cast<T>(kV2InvSqrtClip), 1 / std::sqrt(1 - x * x));
   const T pi = static_cast<T>(M_PI);
-  return tau * std::pow(1 - std::acos(x) / pi, tau - 1) * inv_sqrt / pi;
+  return tau * int_pow(1 - std::acos(x) / pi, tau_int - 1) * inv_sqrt / pi;
 }
 
 at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
@@ -184,15 +196,28 @@ at::Tensor cumulation(const at::Tensor& codes_out_, const at::Tensor& codes_in_,
   return out;
 }
 
+// The published v2 workspace's survivor draw (reference.slot_survivors): a 32-bit mixer.
+constexpr uint32_t kMixA = 0x7FEB352Du, kMixB = 0x2C1B3C6Du;
+inline uint32_t mix32(uint32_t x) {
+  x = (x ^ (x >> 16)) * kMixA;
+  x = (x ^ (x >> 15)) * kMixB;
+  return x ^ (x >> 16);
+}
+
 // v1: (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b;
-// v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}.
+// v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}, cut to
+// one survivor per slot b mod `slots` when 0 < slots < n_in (see reference.slot_survivors).
+// The input side of every (batch, head) and round is sorted once; output rows are then
+// independent, so the work is split over (batch * heads * rows).
 at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& sim_out_,
                                const at::Tensor& x_out_, const at::Tensor& codes_in_,
                                const at::Tensor& y_in_, const at::Tensor& z_in_,
-                               const at::Tensor& bits_, c10::string_view estimator) {
+                               const at::Tensor& bits_, c10::string_view estimator,
+                               int64_t slots, int64_t seed) {
   const bool v2 = estimator == "v2";
   TORCH_CHECK(v2 || estimator == "v1", "lra_lsh: estimator must be 'v1' or 'v2', got '",
               std::string(estimator), "'");
+  TORCH_CHECK(slots >= 0, "lra_lsh: slots must be >= 0 (0: no cap), got ", slots);
   const auto [batch, heads, n_in, d, rounds, n_out] =
       check_cumulation(codes_out_, codes_in_, z_in_, "z_in");
   check_rows(x_out_, "x_out", batch, heads, n_out, z_in_);
@@ -209,55 +234,87 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
                    z_in = z_in_.contiguous(), sim_out = sim_out_.contiguous(),
                    bits = bits_.to(at::kLong).contiguous();
   const int64_t e = x_out.size(3), bh_count = batch * heads;
+  const bool capped = v2 && slots > 0 && slots < n_in;
+  const uint32_t seed32 = static_cast<uint32_t>(seed & 0xffffffff);
   at::Tensor out = new_output(z_in, {batch, heads, n_out, d});
+
+  const int64_t* ci = codes_in.data_ptr<int64_t>();
+  std::vector<SortedRound> sorted(rounds * bh_count);  // [r * bh_count + bh], as codes_in
+  at::parallel_for(0, rounds * bh_count, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) sorted[t].build(ci + t * n_in, n_in);
+  });
 
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "lra_lsh::weighted_cumulation", [&] {
     const int64_t* co = codes_out.data_ptr<int64_t>();
-    const int64_t* ci = codes_in.data_ptr<int64_t>();
     const scalar_t* xo = x_out.data_ptr<scalar_t>();
     const scalar_t* yi = y_in.data_ptr<scalar_t>();
     const scalar_t* zi = z_in.data_ptr<scalar_t>();
     const scalar_t* so = v2 ? sim_out.data_ptr<scalar_t>() : nullptr;
     const int64_t* tau_of = bits.data_ptr<int64_t>();
     scalar_t* res = out.data_ptr<scalar_t>();
-    at::parallel_for(0, bh_count, 1, [&](int64_t begin, int64_t end) {
-      std::vector<SortedRound> sorted(rounds);
-      std::vector<int64_t> seen(n_in);  // v2: seen[b] == a once b joined U_a
-      std::vector<int32_t> members;     // v2: U_a
+    at::parallel_for(0, bh_count * n_out, 16, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> seen(n_in, -1);  // v2: seen[b] == row once b joined U_a
+      std::vector<int32_t> members;         // v2: U_a, then its survivors
+      // capped: per b the mix of (seed, head, a, b) and its smallest event key; per slot the
+      // row that last wrote it and its smallest (key, b)
+      std::vector<uint32_t> per_b(capped ? n_in : 0), best(capped ? n_in : 0);
+      std::vector<int64_t> slot_row(capped ? slots : 0, -1);
+      std::vector<uint64_t> slot_best(capped ? slots : 0);
       std::vector<scalar_t> acc(d);
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const scalar_t tau = static_cast<scalar_t>(tau_of[bh / heads]);
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bh = row / n_out, a = row % n_out;
+        const int64_t tau_int = tau_of[bh / heads];
+        const scalar_t tau = static_cast<scalar_t>(tau_int);
         const scalar_t scale = v2 ? scalar_t(1) : tau / 2 / static_cast<scalar_t>(rounds);
+        const scalar_t* x_a = xo + row * e;
         const scalar_t* y_bh = yi + bh * n_in * e;
         const scalar_t* z_bh = zi + bh * n_in * d;
-        for (int64_t r = 0; r < rounds; ++r) sorted[r].build(ci + (r * bh_count + bh) * n_in, n_in);
-        std::fill(seen.begin(), seen.end(), int64_t(-1));
-        for (int64_t a = 0; a < n_out; ++a) {
-          const scalar_t* x_a = xo + (bh * n_out + a) * e;
-          std::fill(acc.begin(), acc.end(), scalar_t(0));
-          members.clear();
-          for (int64_t r = 0; r < rounds; ++r) {
-            const auto [lo, hi] = sorted[r].bucket(co[(r * bh_count + bh) * n_out + a]);
-            for (int64_t s = lo; s < hi; ++s) {
-              const int32_t b = sorted[r].index[s];
-              if (!v2) {
-                axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
-              } else if (seen[b] != a) {
-                seen[b] = a;
-                members.push_back(b);
+        const uint32_t per_a =
+            mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^ static_cast<uint32_t>(a));
+        std::fill(acc.begin(), acc.end(), scalar_t(0));
+        members.clear();
+        for (int64_t r = 0; r < rounds; ++r) {
+          const SortedRound& round = sorted[r * bh_count + bh];
+          const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
+          for (int64_t s = lo; s < hi; ++s) {
+            const int32_t b = round.index[s];
+            if (!v2) {
+              axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+              continue;
+            }
+            if (seen[b] != row) {
+              seen[b] = row;
+              members.push_back(b);
+              if (capped) {
+                per_b[b] = mix32(per_a ^ static_cast<uint32_t>(b));
+                best[b] = std::numeric_limits<uint32_t>::max();
               }
             }
+            if (capped) best[b] = std::min(best[b], mix32(per_b[b] ^ static_cast<uint32_t>(r)));
           }
-          if (v2) {
-            const scalar_t* sim_a = so + (bh * n_out + a) * d;
-            for (const int32_t b : members) {
-              const scalar_t w = v2_weight(dot(sim_a, z_bh + b * d, d), tau);
-              axpy(w * dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+        }
+        if (capped) {  // keep per slot the member of smallest (key, b)
+          for (const int32_t b : members) {
+            const uint64_t key = (static_cast<uint64_t>(best[b]) << 31) | static_cast<uint64_t>(b);
+            const int64_t slot = b % slots;
+            if (slot_row[slot] != row || key < slot_best[slot]) {
+              slot_row[slot] = row;
+              slot_best[slot] = key;
             }
           }
-          scalar_t* res_a = res + (bh * n_out + a) * d;
-          for (int64_t t = 0; t < d; ++t) res_a[t] = acc[t] * scale;
+          members.erase(std::remove_if(members.begin(), members.end(), [&](int32_t b) {
+                          return static_cast<int64_t>(slot_best[b % slots] & 0x7fffffff) != b;
+                        }), members.end());
         }
+        if (v2) {
+          const scalar_t* sim_a = so + row * d;
+          for (const int32_t b : members) {
+            const scalar_t w = v2_weight(dot(sim_a, z_bh + b * d, d), tau, tau_int);
+            axpy(w * dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+          }
+        }
+        scalar_t* res_a = res + row * d;
+        for (int64_t t = 0; t < d; ++t) res_a[t] = acc[t] * scale;
       }
     });
   });
@@ -267,7 +324,8 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
 // The differentiable entry point: q and k only feed the backward (see cpu.py).
 at::Tensor lsh_cumulation(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& q_codes, const at::Tensor& k_codes,
-                          const at::Tensor& bits, c10::string_view estimator) {
+                          const at::Tensor& bits, c10::string_view estimator, int64_t slots,
+                          int64_t seed) {
   TORCH_CHECK(estimator == "v1" || estimator == "v2",
               "lra_lsh: estimator must be 'v1' or 'v2', got '", std::string(estimator), "'");
   TORCH_CHECK(v.dim() == 4, "lra_lsh: v must be (batch, heads, n_k, d), got ", v.sizes());
@@ -275,6 +333,8 @@ at::Tensor lsh_cumulation(const at::Tensor& q, const at::Tensor& k, const at::Te
   check_rows(k, "k", v.size(0), v.size(1), v.size(2), v);
   TORCH_CHECK(bits.dim() == 1 && bits.size(0) == v.size(0),
               "lra_lsh: bits must be (batch,), got ", bits.sizes());
+  TORCH_CHECK(slots >= 0, "lra_lsh: slots must be >= 0 (0: no cap), got ", slots);
+  (void)seed;  // the backward's survivor draw
   return cumulation(q_codes, k_codes, v);
 }
 
@@ -283,9 +343,9 @@ at::Tensor lsh_cumulation(const at::Tensor& q, const at::Tensor& k, const at::Te
 TORCH_LIBRARY(lra_lsh, m) {
   m.def("cumulation(Tensor codes_out, Tensor codes_in, Tensor values) -> Tensor");
   m.def("weighted_cumulation(Tensor codes_out, Tensor sim_out, Tensor x_out, Tensor codes_in, "
-        "Tensor y_in, Tensor z_in, Tensor bits, str estimator) -> Tensor");
+        "Tensor y_in, Tensor z_in, Tensor bits, str estimator, int slots, int seed) -> Tensor");
   m.def("lsh_cumulation(Tensor q, Tensor k, Tensor v, Tensor q_codes, Tensor k_codes, "
-        "Tensor bits, str estimator) -> Tensor");
+        "Tensor bits, str estimator, int slots, int seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lra_lsh, CPU, m) {

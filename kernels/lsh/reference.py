@@ -17,6 +17,11 @@ TABLE_BUDGET = 2**26
 # The published estimator's similarity scale and its clip on 1 / sqrt(1 - x^2) (YOSO v2 kernel).
 V2_SCALE = 0.99
 V2_INV_SQRT_CLIP = 10.0
+# The published v2 kernel's workspace: at most this many keys per query (slot = key mod 1024).
+V2_SLOTS = 1024
+
+# mix32's constants (odd, below 2^31) and its 32-bit mask.
+MIX_A, MIX_B, MASK32 = 0x7FEB352D, 0x2C1B3C6D, 0xFFFFFFFF
 
 
 def simhash_codes(x: torch.Tensor, planes: torch.Tensor) -> torch.Tensor:
@@ -81,12 +86,46 @@ def v2_weight(sim: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
     return tau * (1 - torch.arccos(x) / math.pi) ** (tau - 1) * inv_sqrt / math.pi
 
 
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer (xor-shift-multiply) on int64 tensors holding values in [0, 2^32);
+    the constants are below 2^31, so no product leaves int64. lsh.cpp has the same function."""
+    x = ((x ^ (x >> 16)) * MIX_A) & MASK32
+    x = ((x ^ (x >> 15)) * MIX_B) & MASK32
+    return x ^ (x >> 16)
+
+
+def slot_survivors(collide: torch.Tensor, rows: torch.Tensor, slots: int, seed: int
+                   ) -> torch.Tensor:
+    """The published v2 workspace: per output row a, input b goes to slot b mod `slots` and one
+    collision event (b, round) per slot survives, drawn uniformly over the slot's events.
+
+    collide: (rounds, batch, heads, rows, n_in) bool, S^r_ab; rows: (rows,) the a indices ->
+    (batch, heads, rows, n_in) bool, the surviving pairs. Event (a, b, r) of head h draws the key
+    mix32(mix32(mix32(mix32(seed ^ h) ^ a) ^ b) ^ r); the slot keeps the event with the smallest
+    (key, b), so b survives with probability (its events) / (the slot's events)."""
+    rounds, _, heads, _, n_in = collide.shape
+    dev = collide.device
+    head = torch.arange(heads, device=dev)[:, None, None]
+    b = torch.arange(n_in, device=dev)
+    per_b = mix32(mix32(mix32((seed & MASK32) ^ head) ^ rows[:, None]) ^ b)  # (heads, rows, n_in)
+    r = torch.arange(rounds, device=dev)[:, None, None, None, None]
+    key = torch.where(collide, mix32(per_b ^ r), MASK32 + 1).amin(dim=0)
+    union = collide.any(dim=0)
+    never = torch.iinfo(torch.int64).max
+    full = torch.where(union, key * 2**31 + b, never)
+    # (batch, heads, rows, n_in / slots rounded up, slots): b sits at [b // slots, b % slots]
+    grid = torch.cat([full, full.new_full((*full.shape[:-1], -n_in % slots), never)], dim=-1)
+    grid = grid.unflatten(-1, (-1, slots))
+    return union & (grid == grid.amin(dim=-2, keepdim=True)).flatten(-2)[..., :n_in]
+
+
 def _union_weighted_cumulation(
     codes_out: torch.Tensor, sim_out: torch.Tensor, x_out: torch.Tensor, codes_in: torch.Tensor,
-    y_in: torch.Tensor, z_in: torch.Tensor, bits: torch.Tensor,
+    y_in: torch.Tensor, z_in: torch.Tensor, bits: torch.Tensor, slots: int, seed: int,
 ) -> torch.Tensor:
     """out_a = sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = the b colliding with a in at
-    least one round, dense over (chunk of a, all b)."""
+    least one round (cut to the slot survivors when slots > 0 and n_in > slots), dense over
+    (chunk of a, all b)."""
     batch, heads, n_out, _ = x_out.shape
     n_in = z_in.shape[2]
     tau = bits.to(z_in.dtype)[:, None, None, None]  # (batch, 1, 1, 1)
@@ -94,8 +133,13 @@ def _union_weighted_cumulation(
     parts = []
     for a in range(0, n_out, chunk):
         rows = slice(a, a + chunk)
-        # union: (batch, heads, chunk, n_in)
-        union = (codes_out[..., rows, None] == codes_in[..., None, :]).any(dim=0)
+        # collide: (rounds, batch, heads, chunk, n_in); union: (batch, heads, chunk, n_in)
+        collide = codes_out[..., rows, None] == codes_in[..., None, :]
+        if 0 < slots < n_in:
+            row_index = torch.arange(n_out, device=z_in.device)[rows]
+            union = slot_survivors(collide, row_index, slots, seed)
+        else:
+            union = collide.any(dim=0)
         weight = v2_weight(sim_out[..., rows, :] @ z_in.transpose(-1, -2), tau)
         pair = weight * (x_out[..., rows, :] @ y_in.transpose(-1, -2))
         parts.append(torch.where(union, pair, 0) @ z_in)
@@ -105,15 +149,18 @@ def _union_weighted_cumulation(
 def weighted_cumulation(
     codes_out: torch.Tensor, sim_out: torch.Tensor, x_out: torch.Tensor, codes_in: torch.Tensor,
     y_in: torch.Tensor, z_in: torch.Tensor, bits: torch.Tensor, num_buckets: int, estimator: str,
+    slots: int = 0, seed: int = 0,
 ) -> torch.Tensor:
     """The q/k gradient estimator: dq = weighted_cumulation(q_codes, q, g, k_codes, v, k, ...) and
     dk = weighted_cumulation(k_codes, k, v, q_codes, g, q, ...).
 
-    "v1": (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b (sim_out unused);
-    "v2": sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a the union of collisions over rounds.
+    "v1": (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b (sim_out, slots and seed unused);
+    "v2": sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a the union of collisions over rounds,
+    cut to one survivor per slot (slot_survivors) when 0 < slots < n_in.
     """
     if estimator == "v2":
-        return _union_weighted_cumulation(codes_out, sim_out, x_out, codes_in, y_in, z_in, bits)
+        return _union_weighted_cumulation(codes_out, sim_out, x_out, codes_in, y_in, z_in, bits,
+                                          slots, seed)
     if estimator != "v1":
         raise ValueError(f"kernels.lsh: estimator must be 'v1' or 'v2', got {estimator!r}")
     rounds = codes_out.shape[0]
@@ -125,17 +172,20 @@ def weighted_cumulation(
 
 def lsh_gradients(
     grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_codes: torch.Tensor,
-    k_codes: torch.Tensor, bits: torch.Tensor, num_buckets: int, estimator: str,
-    needs: tuple[bool, bool, bool], *, cumulate=cumulation, weighted=weighted_cumulation,
+    k_codes: torch.Tensor, bits: torch.Tensor, num_buckets: int, estimator: str, slots: int,
+    seed: int, needs: tuple[bool, bool, bool], *, cumulate=cumulation,
+    weighted=weighted_cumulation,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dq, dk, dv) of lsh_cumulation for the output gradient grad, each only where `needs` says:
     dv is exact, dq and dk the estimator's. Every backend runs this with its own `cumulate` and
     `weighted` (the functions of this module's names), so the roles are written once."""
     grad_q = grad_k = grad_v = None
     if needs[0]:
-        grad_q = weighted(q_codes, q, grad, k_codes, v, k, bits, num_buckets, estimator)
+        grad_q = weighted(q_codes, q, grad, k_codes, v, k, bits, num_buckets, estimator, slots,
+                          seed)
     if needs[1]:
-        grad_k = weighted(k_codes, k, v, q_codes, grad, q, bits, num_buckets, estimator)
+        grad_k = weighted(k_codes, k, v, q_codes, grad, q, bits, num_buckets, estimator, slots,
+                          seed)
     if needs[2]:
         grad_v = cumulate(k_codes, q_codes, grad, num_buckets)
     return grad_q, grad_k, grad_v
@@ -145,25 +195,28 @@ class LSHCumulation(torch.autograd.Function):
     """Forward cumulation(q_codes, k_codes, v); backward lsh_gradients."""
 
     @staticmethod
-    def forward(ctx, q, k, v, q_codes, k_codes, bits, num_buckets, estimator):
+    def forward(ctx, q, k, v, q_codes, k_codes, bits, num_buckets, estimator, slots, seed):
         ctx.save_for_backward(q, k, v, q_codes, k_codes, bits)
-        ctx.num_buckets, ctx.estimator = num_buckets, estimator
+        ctx.num_buckets, ctx.estimator, ctx.slots, ctx.seed = num_buckets, estimator, slots, seed
         return cumulation(q_codes, k_codes, v, num_buckets)
 
     @staticmethod
     def backward(ctx, grad):
         grads = lsh_gradients(grad, *ctx.saved_tensors, ctx.num_buckets, ctx.estimator,
-                              ctx.needs_input_grad[:3])
-        return *grads, None, None, None, None, None
+                              ctx.slots, ctx.seed, ctx.needs_input_grad[:3])
+        return *grads, *[None] * 7
 
 
 def lsh_cumulation(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_codes: torch.Tensor,
     k_codes: torch.Tensor, bits: torch.Tensor, num_buckets: int, estimator: str = "v2",
+    slots: int = 0, seed: int = 0,
 ) -> torch.Tensor:
     """mean_r sum_j S^r_ij v_j: (batch, heads, n_q, d), differentiable in q, k (estimator) and v.
 
     q, k: (batch, heads, n, d) unit rows; v: (batch, heads, n_k, d); q_codes, k_codes: (rounds,
-    batch, heads, n) in [0, num_buckets); bits: (batch,) each example's tau.
+    batch, heads, n) in [0, num_buckets); bits: (batch,) each example's tau; slots, seed: v2's
+    workspace (0: the complete union) and the seed of its survivor draw.
     """
-    return LSHCumulation.apply(q, k, v, q_codes, k_codes, bits, num_buckets, estimator)
+    return LSHCumulation.apply(q, k, v, q_codes, k_codes, bits, num_buckets, estimator, slots,
+                               seed)
