@@ -141,6 +141,13 @@ def test_imdb_archive_and_folder(tmp_path):
     check_imdb(text.build(tmp_path / "b", examples, source="raw"), 4000)
 
 
+def test_imdb_reviews_are_stripped_as_tfds_reads_them(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "aclImdb" / split / "pos").mkdir(parents=True)
+        (tmp_path / "aclImdb" / split / "pos" / "1_9.txt").write_bytes(b" \tGood film.\n\n")
+    assert text.read_imdb_raw(tmp_path)["train"] == [(b"Good film.", 1)]
+
+
 def test_imdb_corrupt_or_wrong_archive(tmp_path):
     tar_gz(tmp_path / "ok.tar.gz", {**imdb_files(), "aclImdb/pad.bin": bytes(100_000)})
     data = (tmp_path / "ok.tar.gz").read_bytes()
