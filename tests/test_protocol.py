@@ -5,14 +5,19 @@ here, its OneCycleLR schedule, and its AMP choices."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from lra.config import TrainerConfig
 from lra.model import AttentionSpec, Classifier, ModelConfig
 from lra.train import amp_dtype, build_scheduler
+from tests.conftest import ROOT
 
 VOCAB, MAX_LEN, CLASSES = 20, 64, 5
 
@@ -150,3 +155,32 @@ def test_attention_fp32_runs_attention_outside_autocast(fp32):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(tokens, torch.ones_like(tokens, dtype=torch.bool))
     assert seen == ([(torch.float32, False)] if fp32 else [(torch.bfloat16, True)])
+
+
+# The published harness's settings (old_code/LRA: run_tasks.py, model.py and the models'
+# config.json), read from its code, for `+experiment=reproduce_mra task=image attention=mra2`.
+REPRODUCE_MRA_IMAGE = {
+    "data.name": "lra", "data.mask_zero_tokens_as_padding": True, "data.pad_to": "max",
+    "model.dim": 64, "model.num_layers": 2, "model.num_heads": 2, "model.head_dim": 32,
+    "model.ffn_dim": 128, "model.dropout": 0.1, "model.pooling": "mean_over_max_len",
+    "model.head_activation": "relu", "model.attention_fp32": True,
+    "task.max_len": 1024, "trainer.batch_size": 256, "trainer.warmup_steps": 175,
+    "trainer.max_steps": 35000, "trainer.eval_every": 175,
+    "trainer.lr": 1e-4, "trainer.betas": [0.9, 0.999], "trainer.eps": 1e-6,
+    "trainer.weight_decay": 0.0, "trainer.schedule": "onecycle", "trainer.grad_clip": 0.0,
+    "trainer.amp": True, "trainer.amp_dtype": "fp16",
+}
+
+
+def test_reproduce_mra_preset_shows_the_published_settings():
+    """`python -m lra.train +experiment=reproduce_mra task=image attention=mra2 --cfg job`, as a
+    user runs it, prints the harness's settings."""
+    out = subprocess.run([sys.executable, "-m", "lra.train", "+experiment=reproduce_mra",
+                          "task=image", "attention=mra2", "--cfg", "job", "--resolve"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+                         env={**os.environ, "HYDRA_FULL_ERROR": "1"}).stdout
+    job = OmegaConf.create(out)
+    shown = {key: OmegaConf.select(job, key) for key in REPRODUCE_MRA_IMAGE}
+    shown["trainer.betas"] = list(shown["trainer.betas"])
+    assert shown == REPRODUCE_MRA_IMAGE
+    assert job.tag == "reproduce_mra" and job.attention.name == "mra2"
