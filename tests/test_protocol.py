@@ -130,6 +130,33 @@ def test_onecycle_is_the_harness_schedule():
     assert linear[0] == (pytest.approx(lr / warmup), 0.9) and linear[warmup][0] == lr
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "linear"])
+def test_schedule_resumes_exactly_from_its_state(schedule):
+    """The optimizer's and scheduler's state_dicts (what last.pt keeps) continue the lr and beta1
+    sequence exactly; the end-to-end resume is tests/test_train.py's killed-run test."""
+    def fresh():
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([param], lr=1e-3)
+        return opt, build_scheduler(opt, schedule, 4, 12)
+
+    def steps(opt, sched, n):
+        seen = []
+        for _ in range(n):
+            seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+            opt.step()
+            sched.step()
+        return seen
+
+    whole = steps(*fresh(), 12)
+    opt, sched = fresh()
+    head = steps(opt, sched, 5)
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
+    opt, sched = fresh()
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    assert head + steps(opt, sched, 7) == whole
+
+
 def test_amp_is_fp16_on_cuda_only():
     """The published AMP: fp16 (the trainer adds a gradient scaler for it) on CUDA; no autocast
     on CPU whatever the setting. (The CUDA step itself is not run here.)"""

@@ -9,7 +9,9 @@
   the data was padded to), averaged over the train split of the ListOps in the data root given
   (the mini suite by default);
 - grayscale: the fraction of colours whose TensorFlow grayscale differs from the rounded one, over
-  all 2^24 colours (CIFAR-10 itself is not measured: it is not on a fresh machine).
+  all 2^24 colours (CIFAR-10 itself is not measured: it is not on a fresh machine);
+- zero-token mask: the fraction of Pathfinder-32 pixels (our generator, 200 images) that are 0,
+  which `data.mask_zero_tokens_as_padding=true` masks as padding.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data_prep import image  # noqa: E402
+from data_prep import pathfinder as pf  # noqa: E402
 from data_prep.cache import load_split, read_manifest  # noqa: E402
 from lra.train import build_scheduler  # noqa: E402
 
@@ -71,6 +74,9 @@ def main() -> None:
     weighted = colours.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
     changed = image.to_gray(colours).astype(np.int64) != np.rint(weighted)
     print(f"| grayscale: colours where TF's value != rint (all 2^24) | {changed.mean():.4f} |")
+    images, _ = pf.generate(200, pf.Settings.level(32), seed=0)
+    print(f"| Pathfinder-32 pixels that are 0 (masked by the token != 0 quirk) | "
+          f"{np.mean(images == 0):.4f} |")
 
 
 if __name__ == "__main__":
