@@ -2,11 +2,15 @@
 
 CIFAR-10 is not in the LRA release. It comes from tensorflow-datasets (`cifar10`, as the original)
 or from the original `cifar-10-python.tar.gz` (archive or extracted `cifar-10-batches-py/`
-folder of pickled `data_batch_1..5` and `test_batch`). Images are converted to grayscale with the
-weights of tf.image.rgb_to_grayscale (0.2989 R + 0.5870 G + 0.1140 B, rounded) and flattened
-row-major into 1024 tokens 0-255; value 0 (black) is a real token. Splits follow LRA: the first
-90% of the training set for train, the last 10% for val, and the test set: 45K / 5K / 10K. They
-keep the source order, which is already random (CIFAR-10's batches are in random order).
+folder of pickled `data_batch_1..5` and `test_batch`). Images are converted to grayscale exactly
+as LRA's `tf.image.rgb_to_grayscale` does on uint8 (`to_gray`) and flattened row-major into 1024
+tokens 0-255; value 0 (black) is a real token.
+
+Splits, as LRA (TFDS `train[:90%]`, `train[90%:]`, `test`): train is the first 45,000 training
+images in source order, val the last 5,000 (for the raw archive: `data_batch_5`'s second half, as
+the training set is batches 1-5 concatenated; TFDS's `train` has its own fixed order, so the two
+sources hold the same images in different splits), test the 10,000 test images. No shuffling:
+CIFAR-10's batches are already in random order.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .text import load_tfds
 NUM_CLASSES = 10
 VOCAB_SIZE = 256
 SIDE = 32
-GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 RAW_ARCHIVE = Path("data/raw/cifar-10-python.tar.gz")
 RAW_FOLDER = Path("data/raw/cifar-10-batches-py")
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -33,8 +37,16 @@ FETCH = "python -m data_prep download cifar10"
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """(n, h, w, 3) uint8 RGB -> (n, h, w) uint8 gray."""
-    return np.clip(np.rint(rgb.astype(np.float64) @ GRAY_WEIGHTS), 0, 255).astype(np.uint8)
+    """(n, h, w, 3) uint8 RGB -> (n, h, w) uint8 gray, as `tf.image.rgb_to_grayscale`, all in
+    float32: convert_image_dtype to float (x * (1/255)), the dot with GRAY_WEIGHTS, and
+    convert_image_dtype back, which scales by 255 + 0.5 and casts, truncating toward zero. So gray
+    = trunc(255.5 / 255 * weighted sum): not the weighted sum rounded (about 25% of colours come
+    out one lower than `rint` would give) nor truncated. Where the weighted sum lands within
+    float32 rounding of an integer (235 of the 16.7M colours, against exact arithmetic) the
+    last bit decides, and TF's summation order inside its matmul is not pinned here."""
+    unit = rgb.astype(np.float32) * np.float32(1 / 255)  # (n, h, w, 3) in [0, 1]
+    gray = unit @ GRAY_WEIGHTS  # (n, h, w) float32, at most 0.9999
+    return (gray * np.float32(255.5)).astype(np.uint8)  # in [0, 255.5): the cast truncates
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -132,7 +144,8 @@ def build(out_dir: str | Path, data: dict[str, tuple[np.ndarray, np.ndarray]], *
         out_dir, splits, task="image", source=source, num_classes=NUM_CLASSES,
         vocab_size=VOCAB_SIZE, max_len=SIDE * SIDE, mini=False,
         params={"tokens": "grayscale pixel values 0-255, row-major; 0 is a real token",
-                "grayscale": "round(0.2989 R + 0.5870 G + 0.1140 B)",
+                "grayscale": "tf.image.rgb_to_grayscale: float32 trunc(255.5 * (0.2989 R + "
+                             "0.5870 G + 0.1140 B) / 255)",
                 "split": "train[:90%] / train[90%:] / test", **(params or {})},
         description="CIFAR-10 in grayscale, 1024 pixel tokens",
     )

@@ -1,28 +1,30 @@
 """Pathfinder and Path-X: our stimulus generator, the official release reader, the cache builders.
 
-The generator follows the published procedure (Linsley et al. 2018; the 32x32 settings are in
-shared/notes/lra_tasks.md). An image holds two target contours of `contour_length` paddles (short
-line segments), grown one paddle per contour in turn from two seeds `seed_distance` apart near the
-centre. Each new paddle starts a fixed step ahead of the last one: around the point `margin`
-beyond the last paddle's far end, one candidate direction per pixel of arc is weighted by
-cos(min(|dtheta| * continuity, pi/2))^2 times one minus the occupancy mask (every placed paddle
-dilated by the clearance, except the contour's own previous paddle), so a paddle that would touch
-another contour is never drawn. If either target contour reaches a dead end, both are restarted.
-Then `num_distractors` shorter contours of `distractor_length` paddles are seeded uniformly at
-random and grown the same way; one that cannot be placed is dropped, as in the original. Two
-circular markers go on the origin end of one target contour and on the far end of the same contour
-(label 1) or of the other one (label 0); the label and the marked contour are drawn first, so they
-are independent of the geometry. Everything is drawn antialiased at `antialias` times the size,
-then downsampled (Lanczos).
+The generator follows the published procedure (Linsley et al. 2018) with the published settings of
+the resolution: Pathfinder-32's and Path-X's (pathfinder128, `Settings.level`). An image holds two
+target contours of `contour_length` paddles (short line segments), grown one paddle per contour in
+turn from two seeds `seed_distance` apart near the centre. Each new paddle starts a fixed step ahead
+of the last one: around the point `margin` beyond the last paddle's far end, one candidate direction
+per pixel of arc is weighted by cos(min(|dtheta| * continuity, pi/2))^2 times one minus the
+occupancy mask (every placed paddle dilated by the clearance, except the contour's own previous
+paddle), so a paddle that would touch another contour is never drawn. If either target contour
+reaches a dead end, both are restarted. Then `num_distractors` shorter contours of
+`distractor_length` paddles are seeded uniformly at random and grown the same way; one that cannot
+be placed is dropped, as in the original. Two circular markers go on the origin end of one target
+contour and on the far end of the same contour (label 1) or of the other one (label 0); the label
+and the marked contour are drawn first, so they are independent of the geometry. Everything is drawn
+antialiased at `antialias` times the size, then downsampled (Lanczos).
 
-The occupancy mask lives on a lattice of half a 32x32 pixel (finer than the original's whole
-pixels), with precomputed stamps and probe points per direction. Candidates are weighted with the
-mask already applied, which is the original's sample-then-reject with unlimited retries. The
-restarts are rejection sampling, so a batch of independent attempts is grown side by side with
-numpy and the first success is kept: the same distribution as trying them one after another, at
-a fraction of the interpreter overhead. Lengths are pixels of the 32x32 image and scale with the
-resolution, so Path-X (the hard level at 128x128) looks like Pathfinder-32 drawn four times larger
-(and the same seed gives the same geometry at every resolution).
+The occupancy mask lives on a lattice of half an image pixel for the published levels (finer than
+the original's whole pixels), with precomputed stamps and probe points per direction. Candidates are
+weighted with the mask already applied, which is the original's sample-then-reject with unlimited
+retries. The restarts are rejection sampling, so a batch of independent attempts is grown side by
+side with numpy and the first success is kept: the same distribution as trying them one after
+another, at a fraction of the interpreter overhead. Lengths are pixels of the 32x32 image and scale
+with the resolution. Path-X (the hard level at 128x128) uses the published pathfinder128 settings
+(shorter, thinner paddles, narrower margins and more distractors than Pathfinder-32 drawn four times
+larger); 64 and 256 draw the 32x32 settings scaled (the same geometry as at 32), not their own
+published ones. The paddles' intensity (the original's contrast lists) is not modelled.
 
 Coordinates: a point is (y, x) with pixel (i, j) covering [i, i+1) x [j, j+1).
 
@@ -30,9 +32,13 @@ The release stores each level as `imgs/<batch>/sample_<n>.png` plus `metadata/<b
 is plain text despite its name: one line per image, `imgs/<batch> sample_<n>.png <n> <label> ...`
 (a true .npy string array, as the generator's np.save would write, is read too).
 
-Both sources are split 80/10/10 in order, as LRA. Our generator draws each image's label
-independently, so its order is already random; the release's order cannot be checked offline, so
-each of its splits is stored shuffled (`cache.SHUFFLE_SEED`), keeping a capped evaluation fair.
+Splits, as LRA's TFDS `hard[:80%]`, `hard[80%:90%]`, `hard[90%:]`: the images in dataset order
+are cut into the first 80% (train), the next 10% (val) and the last 10% (test). Dataset order is,
+for the release, the metadata files by batch number and their lines in order (empty images
+skipped); for our generator, image index order (each label is drawn independently, so that order
+is already random). The release's rows are then shuffled within each split (`cache.SHUFFLE_SEED`)
+so that a capped evaluation sees a fair sample; which image is in which split does not change.
+(The PyTorch harness shuffled the whole set, unseeded, before its 80/10/10 cut.)
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +90,11 @@ class Settings:
     padding: float = 1.0  # paddles keep this far from the border (our choice: not in the notes)
     seed_proposals: int = 32  # uniform proposals per seed; the first free one is taken
     distractor_tries: int = 5  # the original's 4 retrials of a distractor contour, plus one
+    # The original's num_distractor_snakes = budget // distractor_length (integer division).
+    distractor_budget: int = 20
+    # The original's paddle_margin_list: when set, each image draws its margin from it.
+    margins: tuple[float, ...] = ()
+    lattice: int = LATTICE  # occupancy lattice points per 32x32 pixel; also sets the directions
 
     @classmethod
     def level(cls, resolution: int = 32, difficulty: str = LRA_DIFFICULTY) -> Settings:
@@ -92,6 +103,17 @@ class Settings:
             raise ValueError(f"resolution {resolution} is not one of {RESOLUTIONS}")
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"difficulty {difficulty!r} is not one of {list(DIFFICULTIES)}")
+        if resolution == PATHX_RESOLUTION:
+            # pathfinder128 as LRA made it (its TFDS builder lists the generator's arguments),
+            # in pixels of the 128x128 image: paddle_length 5 (the generator's default),
+            # thickness 1.5, margin 2 or 3 per image, marker_radius 3, seed_distance 20,
+            # padding 1, continuity 1.8, antialias 2, num_distractor_snakes 35 // (length // 3).
+            px = 32 / PATHX_RESOLUTION  # one 128x128 pixel in our 32x32 units
+            return cls(resolution=resolution, contour_length=DIFFICULTIES[difficulty],
+                       paddle_length=5 * px, thickness=1.5 * px, margin=2 * px,
+                       margins=(2 * px, 3 * px), marker_radius=3 * px, seed_distance=20 * px,
+                       continuity=1.8, antialias=2, padding=1 * px, distractor_budget=35,
+                       lattice=LATTICE * PATHX_RESOLUTION // 32)
         return cls(resolution=resolution, contour_length=DIFFICULTIES[difficulty])
 
     @property
@@ -104,7 +126,7 @@ class Settings:
 
     @property
     def num_distractors(self) -> int:
-        return 20 // self.distractor_length
+        return self.distractor_budget // self.distractor_length
 
     @property
     def clearance(self) -> float:
@@ -144,15 +166,16 @@ class _Tables:
     next_probe: np.ndarray  # (C, K, P): flat offsets of their probe points
     own: np.ndarray  # (C, K, P) uint8: 1 where such a probe lies in this paddle's own stamp
     blank: np.ndarray  # (size * size,) uint8: the empty occupancy, 1 outside the allowed box
+    lattice: int  # lattice points per 32x32 pixel
 
     def flat(self, yx: np.ndarray) -> np.ndarray:
         """Pixel (32x32 scale) positions (..., 2) -> nearest flat lattice indices (...)."""
-        lat = np.rint((yx + self.border) * LATTICE).astype(np.int64)
+        lat = np.rint((yx + self.border) * self.lattice).astype(np.int64)
         return lat[..., 0] * self.size + lat[..., 1]
 
     def pixels(self, flat: np.ndarray) -> np.ndarray:
         """Flat lattice indices (...) -> pixel (32x32 scale) positions (..., 2)."""
-        return np.stack(np.divmod(flat, self.size), axis=-1) / LATTICE - self.border
+        return np.stack(np.divmod(flat, self.size), axis=-1) / self.lattice - self.border
 
 
 def _offsets(vectors: np.ndarray, size: int) -> np.ndarray:
@@ -163,12 +186,14 @@ def _offsets(vectors: np.ndarray, size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _tables(s: Settings) -> _Tables:
-    length, margin = s.paddle_length * LATTICE, s.margin * LATTICE
-    clearance = s.clearance * LATTICE
+    lattice = s.lattice
+    length, margin = s.paddle_length * lattice, s.margin * lattice
+    clearance = s.clearance * lattice
     border = math.ceil(2 * s.paddle_length + 2 * s.margin + s.clearance)
-    size = (32 + 2 * border) * LATTICE + 1
-    # One direction per pixel of arc on the circle of radius paddle + margin, as the original.
-    num_dirs = math.ceil(2 * math.pi * (s.paddle_length + s.margin))
+    size = (32 + 2 * border) * lattice + 1
+    # One direction per pixel of arc on the circle of radius paddle + margin, as the original
+    # (pixels of the lattice's image: two lattice points per pixel).
+    num_dirs = math.ceil(2 * math.pi * (s.paddle_length + s.margin) * lattice / LATTICE)
     angles = 2 * np.pi * np.arange(num_dirs) / num_dirs
     unit = np.stack([np.sin(angles), np.cos(angles)], axis=-1)  # (C, 2)
     turn = np.abs((angles[None] - angles[:, None] + np.pi) % (2 * np.pi) - np.pi)  # (C, C)
@@ -176,8 +201,8 @@ def _tables(s: Settings) -> _Tables:
     steps = np.flatnonzero(turn[0] * s.continuity < np.pi / 2)
     next_dir = (np.arange(num_dirs)[:, None] + steps[None]) % num_dirs  # (C, K)
     weight = np.cos(turn[np.arange(num_dirs)[:, None], next_dir] * s.continuity) ** 2
-    # Probe points along a paddle at most half a pixel apart.
-    along = np.linspace(0, length, math.ceil(s.paddle_length / 0.5) + 1)
+    # Probe points along a paddle at most one lattice step (half a pixel) apart.
+    along = np.linspace(0, length, math.ceil(length) + 1)
     probe_vec = np.rint(along[None, :, None] * unit[:, None])  # (C, P, 2)
     # The next paddle starts `margin` past the pivot, which is `margin` past this paddle's end.
     next_vec = np.rint((length + margin) * unit[:, None] + margin * unit[next_dir])  # (C, K, 2)
@@ -197,11 +222,11 @@ def _tables(s: Settings) -> _Tables:
     stamp = np.stack([np.concatenate([st, st[:1].repeat(width - len(st), 0)]) for st in stamps])
     own = np.stack([within(next_probe[c], u) for c, u in enumerate(unit)]).astype(np.uint8)
     blank = np.ones((size, size), dtype=np.uint8)
-    lo, hi = (border + s.padding) * LATTICE, (border + 32 - s.padding) * LATTICE
+    lo, hi = (border + s.padding) * lattice, (border + 32 - s.padding) * lattice
     blank[math.ceil(lo):math.floor(hi) + 1, math.ceil(lo):math.floor(hi) + 1] = 0
     return _Tables(size, border, unit, _offsets(probe_vec, size), _offsets(stamp, size),
                    next_dir, weight, _offsets(next_vec, size), _offsets(next_probe, size), own,
-                   blank.ravel())
+                   blank.ravel(), lattice)
 
 
 # Each function below works on many rows of the occupancy at once: `occupied` is the flat
@@ -289,6 +314,8 @@ def stimulus(s: Settings, seed: int, index: int) -> Stimulus:
     rng = np.random.default_rng([seed, index])
     label = int(rng.integers(2))
     origin = int(rng.integers(2))
+    if s.margins:  # the image's margin, as the original draws it from paddle_margin_list
+        s = replace(s, margin=s.margins[int(rng.integers(len(s.margins)))])
     t, k = _tables(s), s.seed_proposals
 
     def centre(starts):

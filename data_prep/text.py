@@ -9,8 +9,10 @@ IMDb is not in the LRA release. It comes from tensorflow-datasets (`imdb_reviews
 original) or from the original `aclImdb_v1.tar.gz` (archive or extracted `aclImdb/` folder:
 `{train,test}/{neg,pos}/<id>_<rating>.txt`), with label 0 = negative, 1 = positive either way.
 There are 25K train and 25K test reviews; the test set serves as both val and test, as in LRA.
-The archive is read in label order, so each split is stored shuffled (`cache.SHUFFLE_SEED`, the
-same order for val and test), whatever the source: the first examples are a fair sample.
+A review from the archive is stripped of leading and trailing whitespace, as TFDS's builder reads
+it (`f.read().strip()`), so both sources give the same bytes. The archive is read in label order,
+so each split is stored shuffled (`cache.SHUFFLE_SEED`, the same order for val and test), whatever
+the source: the first examples are a fair sample.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _collect(items: Iterable[tuple[str, bytes]], source: Path) -> dict[str, list
         key = _review_key(path)
         if key is not None:
             split, label, review_id = key
-            found[split].append((label, review_id, text))
+            found[split].append((label, review_id, text.strip()))  # as TFDS: read().strip()
     for split, rows in found.items():
         if not rows:
             raise DataError(f"{source} holds no aclImdb/{split}/{{neg,pos}}/<id>_<rating>.txt "

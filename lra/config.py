@@ -25,7 +25,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from attention_zoo import AttentionError, make_options
 
 from .data import DataConfig
-from .model import AttentionSpec, ModelConfig
+from .model import ACTIVATIONS, POOLINGS, AttentionSpec, ModelConfig
 
 log = logging.getLogger("lra.config")
 
@@ -58,9 +58,14 @@ class TrainerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
     weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
-    amp: bool = True  # mixed precision on CUDA (attention modules keep their math in fp32)
-    amp_dtype: str = "bf16"  # bf16 or fp16 (fp16 uses a gradient scaler)
+    # "onecycle": torch's OneCycleLR as the published harness called it (lr from lr/25 up to lr
+    # over warmup_steps, then linearly down to lr/25e4; Adam's beta1 cycles betas[0]+0.05 ->
+    # betas[0]-0.05 -> back, i.e. 0.95 -> 0.85 -> 0.95); "linear": linear warmup from lr/warmup,
+    # linear decay to 0, betas fixed.
+    schedule: str = "onecycle"
+    grad_clip: float = 0.0  # max gradient norm; 0 (the published harness) disables clipping
+    amp: bool = True  # mixed precision on CUDA (model.attention_fp32 keeps attention in fp32)
+    amp_dtype: str = "fp16"  # fp16 with a gradient scaler (published harness), or bf16
     device: str = "auto"  # auto (CUDA when present), cpu, cuda
     resume: bool = True  # pick up a run folder's last checkpoint; skip a finished run
     progress: bool = True  # tqdm bar
@@ -89,8 +94,10 @@ class Config:
 
 
 CHOICES = {
-    "model.pooling": ("mean", "cls"),
-    "trainer.amp_dtype": ("bf16", "fp16"),
+    "model.pooling": POOLINGS,
+    "model.head_activation": tuple(ACTIVATIONS),
+    "trainer.schedule": ("onecycle", "linear"),
+    "trainer.amp_dtype": ("fp16", "bf16"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "logger.name": ("none", "wandb"),
     "data.name": ("mini", "lra"),
@@ -231,7 +238,8 @@ def load_config(raw: DictConfig) -> Config:
         # A 2-D token order (MRA on images) must tile exactly the tokens the encoder passes.
         if cfg.model.pooling == "cls":
             raise ConfigError(f"attention.options.input_shape={list(grid)} needs "
-                              "model.pooling=mean: a CLS token would not fit the grid")
+                              "model.pooling=mean_over_max_len or mean: a CLS token would not "
+                              "fit the grid")
         if math.prod(grid) != cfg.task.max_len:
             raise ConfigError(f"attention.options.input_shape={list(grid)} holds "
                               f"{math.prod(grid)} tokens but task.max_len={cfg.task.max_len}")

@@ -7,6 +7,7 @@ Pair tasks take tokens and mask of shape (batch, 2, seq).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,18 @@ class ModelConfig:
     head_dim: int = 32
     ffn_dim: int = 128
     dropout: float = 0.1
-    pooling: str = "mean"  # "mean" over real tokens, or "cls" (a learned token prepended)
+    # "mean_over_max_len": the sum over real tokens divided by task.max_len, the published
+    # harness's mean over its 2^k-padded input (a constant of the task, so padding-invariant);
+    # "mean": the mean over real tokens; "cls": a learned token prepended.
+    pooling: str = "mean_over_max_len"
+    head_activation: str = "relu"  # the head MLP's: relu (published harness) or gelu
+    # Under autocast, run every attention on fp32 q, k, v with autocast off (the published
+    # harness); false leaves exact softmax in the autocast dtype (the others are fp32 anyway).
+    attention_fp32: bool = True
+
+
+POOLINGS = ("mean_over_max_len", "mean", "cls")
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 @dataclass
@@ -49,6 +61,7 @@ class AttentionLayer(nn.Module):
         self.shared_qk = self.attn.needs_shared_qk
         self.qkv = nn.Linear(cfg.dim, inner * (2 if self.shared_qk else 3))
         self.out = nn.Linear(inner, cfg.dim)
+        self.fp32 = cfg.attention_fp32
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -56,7 +69,12 @@ class AttentionLayer(nn.Module):
         parts = self.qkv(x).view(batch, seq, -1, self.num_heads, self.head_dim)
         parts = parts.permute(2, 0, 3, 1, 4)
         q, k, v = (parts[0], parts[0], parts[1]) if self.shared_qk else parts
-        out = self.attn(q, k, v, mask)  # (batch, heads, seq, head_dim)
+        full = self.fp32 and torch.is_autocast_enabled(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if full else nullcontext():
+            if full:  # fp64 stays fp64
+                dtype = torch.promote_types(q.dtype, torch.float32)
+                q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+            out = self.attn(q, k, v, mask)  # (batch, heads, seq, head_dim)
         return self.out(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
@@ -83,9 +101,10 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, attention: AttentionSpec, vocab_size: int,
                  max_len: int):
         super().__init__()
-        if cfg.pooling not in ("mean", "cls"):
-            raise ValueError(f"model.pooling must be 'mean' or 'cls', got {cfg.pooling!r}")
-        self.pooling = cfg.pooling
+        if cfg.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got "
+                             f"{cfg.pooling!r}")
+        self.pooling, self.max_len = cfg.pooling, max_len
         positions = max_len + (cfg.pooling == "cls")
         self.tokens = nn.Embedding(vocab_size, cfg.dim)
         self.positions = nn.Embedding(positions, cfg.dim)
@@ -112,7 +131,12 @@ class Encoder(nn.Module):
         if self.cls is not None:
             return x[:, 0]
         weights = mask[..., None].to(x.dtype)
-        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        summed = (x * weights).sum(1)  # (batch, dim), real tokens only
+        if self.pooling == "mean_over_max_len":
+            # Divided by the task's length, not the batch's: a batch padded to its longest
+            # example (mini data) pools the same as one padded to max_len.
+            return summed / self.max_len
+        return summed / weights.sum(1).clamp_min(1.0)
 
 
 class Classifier(nn.Module):
@@ -125,7 +149,11 @@ class Classifier(nn.Module):
         self.pair = pair
         self.encoder = Encoder(cfg, attention, vocab_size, max_len)
         features = cfg.dim * (4 if pair else 1)
-        self.head = nn.Sequential(nn.Linear(features, cfg.ffn_dim), nn.GELU(),
+        if cfg.head_activation not in ACTIVATIONS:
+            raise ValueError(f"model.head_activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {cfg.head_activation!r}")
+        self.head = nn.Sequential(nn.Linear(features, cfg.ffn_dim),
+                                  ACTIVATIONS[cfg.head_activation](),
                                   nn.Linear(cfg.ffn_dim, num_classes))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

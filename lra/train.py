@@ -63,10 +63,48 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """OneCycle with linear warmup to the peak, then linear decay to zero."""
+    """trainer.schedule=linear: linear warmup to the peak, then linear decay to zero."""
     if step < warmup:
         return (step + 1) / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
+                    total: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step schedule. "onecycle" is the published harness's call, torch's defaults
+    included: the lr rises linearly from lr/25 to lr over `warmup` steps, then falls linearly to
+    lr/25e4 at `total`; Adam's beta1 goes 0.95 -> 0.85 at the peak -> 0.95 (trainer.betas[0] is
+    not used). "linear" keeps trainer.betas and goes 0 -> lr -> 0."""
+    if schedule == "onecycle":
+        lr = optimizer.param_groups[0]["lr"]
+        # OneCycleLR's warmup phase ends at step warmup - 1, so one step would span zero steps
+        # (a division by zero); warmup 0 gives what one step means, the peak at step 0.
+        warmup = 0 if warmup == 1 else warmup
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total, pct_start=warmup / total,
+            anneal_strategy="linear")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+
+
+def amp_dtype(tc: Any, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step, None for none: AMP runs on CUDA only."""
+    if not tc.amp or device.type != "cuda":
+        return None
+    return torch.float16 if tc.amp_dtype == "fp16" else torch.bfloat16
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, scheduler: Any, grad_clip: float) -> float:
+    """One update from the gradients in place (the scaler's unscale, optional clipping, step,
+    schedule). Returns the lr this update used (the scheduler has moved on after it)."""
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return lr
 
 
 def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
@@ -233,16 +271,15 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         warmup = max(1, tc.max_steps // 10)
         log.warning("trainer.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps",
                     tc.warmup_steps, tc.max_steps, warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup, tc.max_steps))
-    use_amp = tc.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if tc.amp_dtype == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scheduler = build_scheduler(optimizer, tc.schedule, warmup, tc.max_steps)
+    dtype = amp_dtype(tc, device)
+    # fp16 needs loss scaling (its gradients underflow); a disabled scaler passes through.
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def autocast():
-        if not use_amp:
+        if dtype is None:
             return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=amp_dtype)
+        return torch.autocast(device_type="cuda", dtype=dtype)
 
     # Progress and the measurements of the whole run (kept in last.pt across resumes).
     step, best_dev = 0, -1.0
@@ -297,12 +334,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
                 raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if tc.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            lr = optimizer_step(model, optimizer, scaler, scheduler, tc.grad_clip)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         if measured:
@@ -319,7 +351,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         if step % tc.eval_every == 0 or step == tc.max_steps:
             dev_acc = evaluate(model, "val", tc.eval_batches)
             if d.main:
-                record = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                record = {"step": step, "loss": loss.item(), "lr": lr,
                           "dev_accuracy": dev_acc}
                 append_jsonl(metrics_path, record)
                 logger.log(record, step)
