@@ -59,6 +59,13 @@ class TrainerConfig:
     eps: float = 1e-6
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    # onecycle (linear warmup, linear decay; the small protocol), rsqrt (linear warmup, then
+    # lr / sqrt(max(step, warmup_steps)): the original LRA's ListOps/Text/Retrieval) or cosine
+    # (linear warmup, cosine decay to 0: the original LRA's Image/Pathfinder); lra/schedules.py.
+    schedule: str = "onecycle"
+    # Micro-batches per optimiser step: batch_size stays the global batch, each process runs
+    # batch_size / (processes * accumulate) examples at a time, so a small GPU runs the protocol.
+    accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA (attention modules keep their math in fp32)
     amp_dtype: str = "bf16"  # bf16 or fp16 (fp16 uses a gradient scaler)
     device: str = "auto"  # auto (CUDA when present), cpu, cuda
@@ -84,6 +91,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
+    protocol: str = "small_protocol"  # conf/protocol/<name>.yaml; recorded in the summary
     tag: str = "default"  # run folders live in <runs_dir>/<data.name>/<tag>/
     runs_dir: str = "results/runs"
 
@@ -91,6 +99,7 @@ class Config:
 CHOICES = {
     "model.pooling": ("mean", "cls"),
     "trainer.amp_dtype": ("bf16", "fp16"),
+    "trainer.schedule": ("onecycle", "rsqrt", "cosine"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "logger.name": ("none", "wandb"),
     "data.name": ("mini", "lra"),
@@ -98,15 +107,15 @@ CHOICES = {
     "logger.mode": (None, "online", "offline"),
 }
 POSITIVE = ("task.num_classes", "task.max_len", "trainer.max_steps", "trainer.batch_size",
-            "trainer.eval_every", "trainer.lr", "trainer.eps", "model.dim", "model.num_layers",
-            "model.num_heads", "model.head_dim", "model.ffn_dim")
+            "trainer.eval_every", "trainer.accumulate", "trainer.lr", "trainer.eps", "model.dim",
+            "model.num_layers", "model.num_heads", "model.head_dim", "model.ffn_dim")
 NON_NEGATIVE = ("trainer.warmup_steps", "trainer.weight_decay", "trainer.grad_clip",
                 "data.num_workers")
 # Keys that do not change what a run computes: left out of the run's fingerprint. (A kernels
 # backend changes only the last bits: its tests hold it to the reference.)
 NOT_FINGERPRINTED = ("logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "data.root", "data.build_missing", "data.verify_checksums",
-                     "data.num_workers", "runs_dir", "tag", "attention.options.backend")
+                     "data.num_workers", "runs_dir", "tag", "protocol", "attention.options.backend")
 
 
 # numpy's global RNG takes seeds in [0, 2^32); torch and `random` take more.
