@@ -3,10 +3,12 @@ a job's time limit, `--signal`) end a run at the next step boundary, after an at
 
 The handler only records the signal; the training loop asks `requested()` after each step (all
 processes agree on it through one all-reduce, so no rank is left waiting in a collective), writes
-`last.pt` and calls `leave()`. `leave()` hands the signal to whoever handled it before us: a
-Python handler (submitit's, which requeues the job) runs, otherwise the process exits with the
-signal's conventional code 128 + signum (143 for SIGTERM), through Python's normal exit so that
-locks and logs are released. The requeued or re-run command resumes from the checkpoint.
+`last.pt` and calls `pass_on()`, which then does what would have happened without us: a Python
+handler installed before ours runs (submitit's: on SIGUSR1 it requeues the job and exits; its
+SIGTERM handler ignores the signal, and training goes on), an ignored signal stays ignored, and
+the default action becomes an exit with the signal's conventional code 128 + signum (143 for
+SIGTERM) through Python's normal exit, so that locks and logs are released. The requeued or
+re-run command resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -52,14 +54,18 @@ class Preemption:
             self.signum = signal.SIGTERM  # another rank was signalled: stop with it
         return count > 0
 
-    def leave(self) -> None:
-        """After the checkpoint: pass the signal on to the handler before ours, or exit."""
-        signum = self.signum
+    def pass_on(self) -> None:
+        """After the checkpoint: the signal's action without us (see the module's docstring);
+        returns when that action is to go on."""
+        signum, self.signum = self.signum, None
         assert signum is not None
-        previous = self.previous.get(signum, signal.SIG_DFL)
-        self.__exit__()
-        log.warning("%s: checkpoint written; stopping (the same command resumes)",
-                    signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        previous = self.previous.get(signum) or signal.SIG_DFL  # None: not set from Python
+        if previous == signal.SIG_IGN:
+            return
         if callable(previous):
+            log.warning("%s: checkpoint written; passed to the handler before ours", name)
             previous(signum, None)
+            return
+        log.warning("%s: checkpoint written; stopping (the same command resumes)", name)
         raise SystemExit(128 + signum)

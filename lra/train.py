@@ -358,9 +358,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
             if d.main:
                 save_checkpoint(last_path, checkpoint())
             d.barrier()
-            bar.close()
-            distributed.shutdown()
-            preemption.leave()
+            preemption.pass_on()
     bar.close()
 
     model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])

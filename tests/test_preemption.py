@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, run_train
@@ -58,3 +59,32 @@ def test_sigterm_checkpoints_and_the_rerun_equals_an_uninterrupted_run(tiny_data
 
 def test_sigusr1_before_the_time_limit_checkpoints_too(tiny_data_root, tmp_path):
     signalled_run(tiny_data_root, tmp_path, signal.SIGUSR1)
+
+
+def test_a_handler_installed_before_ours_gets_the_signal_after_the_checkpoint():
+    """In process: submitit's handlers (here a recorder) still run, after ours recorded the
+    signal; a default action becomes SystemExit(128 + signum); all are restored after."""
+    from lra.distributed import Dist
+    from lra.preemption import Preemption
+
+    seen = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    before_term = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with Preemption() as preemption:
+            assert not preemption.requested(Dist(), torch.device("cpu"))
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert preemption.requested(Dist(), torch.device("cpu")) and seen == []
+            preemption.pass_on()  # returns: the handler before ours chose to go on
+            assert seen == [signal.SIGUSR1]
+            assert not preemption.requested(Dist(), torch.device("cpu"))
+        with Preemption() as preemption:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert preemption.requested(Dist(), torch.device("cpu"))
+            with pytest.raises(SystemExit) as stop:
+                preemption.pass_on()
+            assert stop.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+        signal.signal(signal.SIGTERM, before_term)
