@@ -380,7 +380,8 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         "peak_memory_kind": f"{memory.kind}: peak growth in one training step (per process)",
         "kernel_backend": kernel_backend(model),
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
-        "data_digest": manifest_digest(manifest), "tag": cfg.tag, "run_dir": str(run_dir),
+        "data_digest": manifest_digest(manifest), "tag": cfg.tag, "protocol": cfg.protocol,
+        "run_dir": str(run_dir),
     }
     check_summary(summary)
     if d.main:

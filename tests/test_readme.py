@@ -124,7 +124,7 @@ def check_python(module: str, args: list[str], cwd: Path, roots: dict[str, Path]
                                 f"hydra.sweep.dir={cwd}/multirun")
         assert "results.md" in proc.stdout
         assert all((cwd / "demo" / name).stat().st_size > 0 for name in (
-            "results.csv", "results.md", "accuracy_vs_memory.png", "accuracy_vs_time.png"))
+            "results.csv", "results.md", "accuracy_vs_memory.png", "accuracy_vs_speed.png"))
         return "ran its sweep for 2 steps a job, then the aggregation"
     if module == "lra.results":
         reason = next((why for key, why in NOT_RUN.items() if key in args), None)
