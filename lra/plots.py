@@ -11,6 +11,7 @@ stand-ins.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,7 @@ def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> 
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(FuncFormatter(
-        lambda v, _: plain(v) if str(round(v / 10 ** math.floor(math.log10(v)), 6))[0] in "25"
+        lambda v, _: plain(v) if str(round(v / 10 ** math.floor(math.log10(v)), 6))[0] in "235"
         else ""))
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel(x_label)
@@ -93,8 +94,8 @@ def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     _points(ax, points, COSTS[cost][0] + ", geometric mean over tasks")
     tasks = rows[0]["tasks"]
-    ax.set_title(f"{title}\nmean test accuracy over {tasks}; error bars: std over seeds",
-                 fontsize=10)
+    ax.set_title(textwrap.fill(title, 90) + f"\nmean test accuracy over {tasks}; error bars: "
+                 "std over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -122,8 +123,8 @@ def plot_per_task(rows: list[dict[str, Any]], tasks: list[str], title: str, path
         ax.set_title(task, fontsize=10)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: test accuracy vs peak memory per task (error bars: std over seeds)",
-                 fontsize=10)
+    fig.suptitle(textwrap.fill(f"{title}: test accuracy vs peak memory per task (error bars: "
+                               "std over seeds)", 60 * cols), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

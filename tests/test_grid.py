@@ -57,7 +57,7 @@ def test_make_lra_all_runs_the_grid_and_writes_the_table(grid_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert {(r["task"], r["attention"], r["seeds"]) for r in rows} == {
         (t, a, "1") for t in ("listops", "image") for a in ("softmax", "mra2")}
-    assert "mini" in (tmp_path / "out" / "results.md").read_text().splitlines()[0]
+    assert "MINI DATA" in (tmp_path / "out" / "results.md").read_text().splitlines()[0]
     for plot in ("accuracy_vs_memory.png", "accuracy_vs_speed.png", "accuracy_per_task.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 0, plot
 
@@ -82,3 +82,17 @@ def test_a_sweep_killed_midway_completes_on_rerun_without_rerunning_a_finished_r
     for name, (mtime, text) in finished.items():
         assert (after[name].stat().st_mtime_ns, after[name].read_text()) == (mtime, text), name
     assert (rerun.stdout + rerun.stderr).count("already complete") == len(finished)
+
+
+def test_slurm_launcher_preset_requeues_on_the_time_limit_signal():
+    """conf/hydra/launcher/slurm.yaml on submitit: a GPU per run, SIGUSR1 before the limit."""
+    proc = subprocess.run([sys.executable, "-m", "lra.train", "hydra/launcher=slurm",
+                           "hydra.launcher.partition=gpu", "--cfg", "hydra"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from omegaconf import OmegaConf
+
+    launcher = OmegaConf.create(proc.stdout).hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_task, launcher.signal_delay_s) == ("gpu", 1, 120)
+    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
