@@ -96,3 +96,15 @@ def test_slurm_launcher_preset_requeues_on_the_time_limit_signal():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_task, launcher.signal_delay_s) == ("gpu", 1, 120)
     assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
+
+
+def test_make_lra_all_without_data_prints_each_tasks_command_and_runs_nothing(tmp_path):
+    cmd = ["make", "--no-print-directory", "-o", ".venv/.installed", "lra-all",
+           f"PY={sys.executable}", "TASKS=listops,text", "ATTENTIONS=softmax",
+           f"OVERRIDES=data.root={tmp_path}/none hydra.sweep.dir={tmp_path}/multirun "
+           f"--runs-dir={tmp_path}/runs --out={tmp_path}/out"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=300)
+    assert proc.returncode != 0
+    for task, sources in (("listops", "lra_release|generate"), ("text", "tfds|raw")):
+        assert f"python -m data_prep {task} --source <{sources}>" in proc.stderr, task
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
