@@ -84,22 +84,25 @@ def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> 
     _place_labels(ax, [(label, x, y, label in HIGHLIGHT) for label, x, y, _ in points])
 
 
-def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path) -> bool:
-    """rows: lra.results.attention_rows; False (nothing drawn) when no attention has the cost."""
+def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path) -> None:
+    """rows: lra.results.attention_rows. An attention without the cost (a run of 2 steps or
+    fewer is not timed) has no point; a plot with none says so."""
     points = [(r["attention"], r[cost], 100 * r["accuracy_mean"], 100 * (r["accuracy_std"] or 0))
               for r in rows if r.get(cost)]
-    if not points:
-        return False
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    _points(ax, points, COSTS[cost][0] + ", geometric mean over tasks")
-    tasks = rows[0]["tasks"]
+    if points:
+        _points(ax, points, COSTS[cost][0] + ", geometric mean over tasks")
+    else:
+        ax.text(0.5, 0.5, f"no {cost}: no attention ran every task, or no run was long enough "
+                "to measure (more than 2 steps)", ha="center", va="center", wrap=True)
+        ax.axis("off")
+    tasks = rows[0]["tasks"] if rows else "-"
     ax.set_title(textwrap.fill(title, 90) + f"\nmean test accuracy over {tasks}; error bars: "
                  "std over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
-    return True
 
 
 def plot_per_task(rows: list[dict[str, Any]], tasks: list[str], title: str, path: Path
