@@ -35,9 +35,24 @@ data: setup
 demo: setup
 	$(PY) -m lra.demo
 
+# The benchmark grid, then its table and plots in results/<tag>/ (lra/grid.py; README "Run the
+# benchmark"). Each variable narrows or changes the default grid (conf/experiment/lra_all.yaml):
+#   make lra-all DATA=mini TRAINER=smoke                       # every task x attention on CPU
+#   make lra-all TASKS=listops,text ATTENTIONS=softmax,mra2 SEEDS=0,1,2
+#   make lra-all PROTOCOL=lra_original LAUNCHER=slurm OVERRIDES="hydra.launcher.partition=gpu"
+# TASKS, ATTENTIONS, SEEDS: comma-separated. DATA: lra | mini. PROTOCOL: small_protocol |
+# lra_original | reproduce_mra. LAUNCHER: basic | joblib | slurm | submitit_slurm. TRAINER: a
+# conf/trainer/ profile (smoke: 200 steps a run). OVERRIDES: lra.train overrides for every run.
+TASKS ?=
+ATTENTIONS ?=
+SEEDS ?= 0
+DATA ?= lra
+PROTOCOL ?= small_protocol
+LAUNCHER ?= basic
+TRAINER ?= default
+OVERRIDES ?=
 lra-all: setup
-	$(PY) -m lra.train -m +experiment=lra_all
-	$(PY) -m lra.results results/runs/lra/lra_all results/lra_all --title "LRA, small protocol"
+	$(PY) -m lra.grid $(if $(TASKS),--tasks $(TASKS)) $(if $(ATTENTIONS),--attentions $(ATTENTIONS)) --seeds $(SEEDS) --data $(DATA) --protocol $(PROTOCOL) --launcher $(LAUNCHER) --trainer $(TRAINER) $(OVERRIDES)
 
 bench: setup
 	$(PY) -m lra.bench

@@ -26,6 +26,7 @@ from attention_zoo import AttentionError, make_options
 
 from .data import DataConfig
 from .model import ACTIVATIONS, POOLINGS, AttentionSpec, ModelConfig
+from .schedules import SCHEDULES
 
 log = logging.getLogger("lra.config")
 
@@ -61,9 +62,12 @@ class TrainerConfig:
     # "onecycle": torch's OneCycleLR as the published harness called it (lr from lr/25 up to lr
     # over warmup_steps, then linearly down to lr/25e4; Adam's beta1 cycles betas[0]+0.05 ->
     # betas[0]-0.05 -> back, i.e. 0.95 -> 0.85 -> 0.95); "linear": linear warmup from lr/warmup,
-    # linear decay to 0, betas fixed.
+    # linear decay to 0, betas fixed; "rsqrt" and "cosine": the original LRA's (lra/schedules.py).
     schedule: str = "onecycle"
     grad_clip: float = 0.0  # max gradient norm; 0 (the published harness) disables clipping
+    # Micro-batches per optimiser step: batch_size stays the global batch, each process runs
+    # batch_size / (processes * accumulate) examples at a time, so a small GPU runs the protocol.
+    accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA (model.attention_fp32 keeps attention in fp32)
     amp_dtype: str = "fp16"  # fp16 with a gradient scaler (published harness), or bf16
     device: str = "auto"  # auto (CUDA when present), cpu, cuda
@@ -89,6 +93,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0
+    protocol: str = "small_protocol"  # conf/protocol/<name>.yaml; recorded in the summary
     tag: str = "default"  # run folders live in <runs_dir>/<data.name>/<tag>/
     runs_dir: str = "results/runs"
 
@@ -96,7 +101,7 @@ class Config:
 CHOICES = {
     "model.pooling": POOLINGS,
     "model.head_activation": tuple(ACTIVATIONS),
-    "trainer.schedule": ("onecycle", "linear"),
+    "trainer.schedule": SCHEDULES,
     "trainer.amp_dtype": ("fp16", "bf16"),
     "trainer.device": ("auto", "cpu", "cuda"),
     "logger.name": ("none", "wandb"),
@@ -105,15 +110,15 @@ CHOICES = {
     "logger.mode": (None, "online", "offline"),
 }
 POSITIVE = ("task.num_classes", "task.max_len", "trainer.max_steps", "trainer.batch_size",
-            "trainer.eval_every", "trainer.lr", "trainer.eps", "model.dim", "model.num_layers",
-            "model.num_heads", "model.head_dim", "model.ffn_dim")
+            "trainer.eval_every", "trainer.accumulate", "trainer.lr", "trainer.eps", "model.dim",
+            "model.num_layers", "model.num_heads", "model.head_dim", "model.ffn_dim")
 NON_NEGATIVE = ("trainer.warmup_steps", "trainer.weight_decay", "trainer.grad_clip",
                 "data.num_workers")
 # Keys that do not change what a run computes: left out of the run's fingerprint. (A kernels
 # backend changes only the last bits: its tests hold it to the reference.)
 NOT_FINGERPRINTED = ("logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "data.root", "data.build_missing", "data.verify_checksums",
-                     "data.num_workers", "runs_dir", "tag", "attention.options.backend")
+                     "data.num_workers", "runs_dir", "tag", "protocol", "attention.options.backend")
 
 
 # numpy's global RNG takes seeds in [0, 2^32); torch and `random` take more.

@@ -3,19 +3,18 @@
 Trains softmax, MRA-2 and Nystromformer on the mini ListOps stand-in (the sweep of
 `conf/experiment/demo.yaml`, run by `python -m lra.train -m +experiment=demo`), then aggregates
 the run summaries as `make lra-all` does (`lra.results.aggregate`): the results table and the
-accuracy vs memory and accuracy vs time plots, printed and written to results/demo/.
+accuracy vs memory and vs speed plots, printed and written to results/demo/.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
+from .grid import ROOT, sweep
 from .results import aggregate
 
-ROOT = Path(__file__).resolve().parents[1]
 TITLE = "lra-zoo demo (offline mini suite: stand-ins, not the LRA benchmark)"
 
 
@@ -35,10 +34,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args, overrides = parser().parse_known_args(argv)
-    cmd = [sys.executable, "-m", "lra.train", "-m", "+experiment=demo",
-           f"runs_dir={args.runs_dir}", *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
-    code = subprocess.call(cmd, cwd=ROOT)
+    code = sweep(["+experiment=demo", f"runs_dir={args.runs_dir}", *overrides])
     if code != 0:
         return code
     rows = aggregate(args.runs_dir / "mini" / "demo", args.out, title=TITLE)
@@ -47,8 +43,8 @@ def main(argv: list[str]) -> int:
         verdict = "above" if row["test_accuracy"] > row["majority_accuracy"] else "NOT above"
         print(f"{row['attention']}: test accuracy {row['test_accuracy']:.3f}, {verdict} the "
               f"majority class ({row['majority_accuracy']:.3f})")
-    print(f"written to {args.out}: results.csv, results.md, accuracy_vs_memory.png, "
-          "accuracy_vs_time.png")
+    print(f"written to {args.out}: results.csv, runs.csv, results.md, accuracy_vs_memory.png, "
+          "accuracy_vs_speed.png, accuracy_per_task.png")
     return 0
 
 

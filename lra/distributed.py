@@ -65,9 +65,9 @@ def init_from_env(use_cuda: bool) -> Dist:
 def reseed(seed: int, rank: int, step: int) -> None:
     """Seed torch's RNG (dropout, on CPU and CUDA) from (seed, rank, step).
 
-    Called at step 0 and after every checkpoint, so a run resumed from a checkpoint continues
-    with exactly the random stream it would have had, with no RNG state to save; each rank draws
-    its own dropout masks.
+    Called at the start of every training step, so a run resumed at any step boundary (an
+    evaluation's checkpoint, or a preemption's) continues with exactly the random stream it
+    would have had, with no RNG state to save; each rank draws its own dropout masks.
     """
     torch.manual_seed(stable_seed(seed, rank, step))
 

@@ -25,8 +25,11 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: the yaml files of conf/<group>/."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The options of a config group: the yaml files below conf/<group>/, nested ones by their
+    path (`small_protocol/listops` for conf/experiment/small_protocol/listops.yaml)."""
+    folder = CONF / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix()
+                  for p in folder.rglob("*.yaml"))
 
 
 def _values(override: Override) -> list[str]:

@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -92,66 +93,209 @@ def to_markdown(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The plots of an aggregation: file name -> (the summary key on the x axis, its axis label).
-PLOTS = {
-    "accuracy_vs_memory.png": ("peak_memory_mb", "peak memory (MB)"),
-    "accuracy_vs_time.png": ("step_time_ms", "training step time (ms)"),
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation over seeds; None for fewer than two."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _geomean(values: list[float]) -> float | None:
+    values = [v for v in values if v]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+# Tables and plots list the tasks in the LRA paper's order.
+TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
+# results.csv: one row per (task, attention), over its seeds.
+TABLE_COLUMNS = (
+    "task", "attention", "data", "mini", "protocol", "seeds", "test_accuracy_mean",
+    "test_accuracy_std", "best_dev_accuracy_mean", "majority_accuracy", "peak_memory_mb",
+    "tokens_per_s", "step_time_ms", "params", "kernel_backend",
+)
+# The published figures (results/published/README.md cites them), and the protocol each ran.
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published" / \
+    "published_lra_accuracy.csv"
+PUBLISHED_SOURCES = {
+    "lra_paper_2021": ("Tay et al. 2021 (LRA paper, Table 1)", "lra_original"),
+    "nystromformer_rerun_2021": ("Xiong et al. 2021 (Nystromformer re-run)", "small_protocol"),
 }
 
 
-def plot_accuracy_vs(rows: list[dict[str, Any]], x_key: str, x_label: str, path: Path) -> None:
-    """One panel per task: test accuracy against `x_key` (memory, time), one point per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({r["task"] for r in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        # A run too short to time (step_time_ms is null for 2 steps or fewer) has no point.
-        for row in (r for r in rows if r["task"] == task and r.get(x_key) is not None):
-            ax.scatter(row[x_key], row["test_accuracy"], s=25)
-            ax.annotate(row["attention"], (row[x_key], row["test_accuracy"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-        majority = max(r["majority_accuracy"] for r in rows if r["task"] == task)
-        ax.axhline(majority, ls=":", c="grey", lw=1, label="majority class")
-        ax.set_title(task + (" (mini)" if any(r.get("mini") for r in rows) else ""))
-        ax.set_xlabel(x_label)
-        ax.set_ylabel("test accuracy")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def aggregate(root: str | Path, out_dir: str | Path, *, title: str) -> list[dict[str, Any]]:
-    """Collect the summaries below `root` into out_dir/results.{csv,md} and the accuracy vs
-    memory and accuracy vs step time plots."""
-    rows = find_summaries(root)
-    rows.sort(key=lambda r: (r["task"], r["attention"], r["seed"]))
-    columns = list(SUMMARY_KEYS)
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "results.csv", to_csv(rows, columns))
-    note = ""
-    if any(r.get("mini") for r in rows):
-        note = ("\nRows with mini=True ran on the offline mini suite: stand-ins for the LRA "
-                "tasks, not the benchmark.\n")
-    atomic_write_text(out_dir / "results.md", f"# {title}\n\n" + to_markdown(rows, columns)
-                      + note)
-    if rows:
-        for name, (x_key, x_label) in PLOTS.items():
-            plot_accuracy_vs(rows, x_key, x_label, out_dir / name)
+def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (task, attention, protocol): accuracy mean and std over seeds, costs' means."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        key = (run["task"], run["attention"], run.get("protocol", "unknown"))
+        groups.setdefault(key, []).append(run)
+    rows = []
+    for (task, attention, protocol), group in groups.items():
+        acc = [r["test_accuracy"] for r in group]
+        rows.append({
+            "task": task, "attention": attention, "data": group[0]["data"],
+            "mini": any(r["mini"] for r in group), "protocol": protocol, "seeds": len(group),
+            "test_accuracy_mean": _mean(acc), "test_accuracy_std": _std(acc),
+            "best_dev_accuracy_mean": _mean([r["best_dev_accuracy"] for r in group]),
+            "majority_accuracy": group[0]["majority_accuracy"],
+            **{k: _mean([r[k] for r in group if r.get(k) is not None])
+               for k in ("peak_memory_mb", "tokens_per_s", "step_time_ms")},
+            "params": group[0]["params"],
+            "kernel_backend": ",".join(sorted({r["kernel_backend"] for r in group})),
+        })
     return rows
+
+
+def attention_rows(runs: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
+    """One row per attention that ran every task: the accuracy averaged over the tasks (its std
+    over the seeds that ran every task), and its costs' geometric means over the tasks."""
+    rows = []
+    for attention in dict.fromkeys(r["attention"] for r in runs):
+        mine = [r for r in runs if r["attention"] == attention]
+        if {r["task"] for r in mine} != set(tasks):
+            continue
+        by_seed = {}
+        for r in mine:
+            by_seed.setdefault(r["seed"], {})[r["task"]] = r["test_accuracy"]
+        averages = [_mean(list(acc.values())) for acc in by_seed.values() if len(acc) == len(tasks)]
+        per_task = [_mean([r["test_accuracy"] for r in mine if r["task"] == t]) for t in tasks]
+        rows.append({"attention": attention, "accuracy_mean": _mean(per_task),
+                     "accuracy_std": _std(averages), "seeds": len(by_seed),
+                     "tasks": ", ".join(tasks),
+                     **{k: _geomean([r[k] for r in mine if r.get(k)])
+                        for k in ("peak_memory_mb", "tokens_per_s")}})
+    return rows
+
+
+def published_rows(attentions: list[str], tasks: list[str]) -> list[dict[str, Any]]:
+    """The published accuracies (%) of these attentions on these tasks, one row per source."""
+    rows = []
+    with open(PUBLISHED) as f:
+        for row in csv.DictReader(f):
+            if row["attention"] in attentions and row["source"] in PUBLISHED_SOURCES:
+                cite, protocol = PUBLISHED_SOURCES[row["source"]]
+                rows.append({"attention": row["attention"], "source": f"{cite}, {protocol}",
+                             **{t: float(row[t]) for t in tasks if row.get(t)}})
+    return rows
+
+
+def _cell(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def accuracy_markdown(table: list[dict[str, Any]], tasks: list[str], mini: bool) -> str:
+    """Test accuracy (%) per task and its average over the tasks shown, ours beside the
+    published rows of the same attentions (not for mini runs: stand-ins, not LRA)."""
+    header = ["attention", "source", *tasks, "avg", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    attentions = list(dict.fromkeys(r["attention"] for r in table))
+    published = [] if mini else published_rows(attentions, tasks)
+    for attention in attentions:
+        for protocol in dict.fromkeys(r["protocol"] for r in table if r["attention"] == attention):
+            cells = {r["task"]: r for r in table
+                     if r["attention"] == attention and r["protocol"] == protocol}
+            means = [cells[t]["test_accuracy_mean"] for t in tasks if t in cells]
+            avg = f"{100 * _mean(means):.2f}" if len(means) == len(tasks) else "-"
+            seeds = sorted({c["seeds"] for c in cells.values()})
+            source = f"ours{' (mini data)' if mini else ''}, {protocol}"
+            lines.append("| " + " | ".join([attention, source, *(
+                _cell(cells[t]["test_accuracy_mean"], cells[t]["test_accuracy_std"])
+                if t in cells else "-" for t in tasks), avg, "/".join(map(str, seeds))]) + " |")
+        for row in (p for p in published if p["attention"] == attention):
+            values = [row.get(t) for t in tasks]
+            avg = f"{_mean(values):.2f}" if None not in values else "-"
+            lines.append("| " + " | ".join([attention, row["source"], *(
+                "-" if v is None else f"{v:.2f}" for v in values), avg, "-"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def aggregate(root: str | Path, out_dir: str | Path, *, title: str, wandb: bool = False
+              ) -> list[dict[str, Any]]:
+    """Collect the summaries below `root` into out_dir/: results.csv (one row per task and
+    attention, over seeds), runs.csv (one per run), results.md, and the plots of lra.plots.
+    Returns the runs."""
+    from . import plots
+
+    runs = find_summaries(root)
+    runs.sort(key=lambda r: (r["task"], r["attention"], r["seed"]))
+    if len({bool(r["mini"]) for r in runs}) > 1:
+        raise UserError(f"{root} holds both mini and LRA runs; aggregate "
+                        "<runs_dir>/mini/<tag> and <runs_dir>/lra/<tag> separately")
+    mini = any(r["mini"] for r in runs)
+    if mini:
+        title += " [MINI DATA: stand-ins, not the LRA benchmark]"
+    tasks = sorted({r["task"] for r in runs}, key=lambda t: (TASK_ORDER + [t]).index(t))
+    table = table_rows(runs)
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / "results.csv", to_csv(table, TABLE_COLUMNS))
+    atomic_write_text(out_dir / "runs.csv", to_csv(runs, SUMMARY_KEYS))
+    costs = [{**r, "test_accuracy": _cell(r["test_accuracy_mean"], r["test_accuracy_std"])}
+             for r in table]
+    note = ("Mini data: every row ran on the offline mini suite (stand-ins for the LRA tasks), "
+            "so no published LRA figure is shown beside them.\n\n" if mini else
+            "Published rows: results/published/ (cited there); each ran the protocol named.\n\n")
+    text = (f"# {title}\n\nTest accuracy (%), mean ± std over seeds (seeds: how many); avg: over "
+            f"the tasks shown.\n\n{accuracy_markdown(table, tasks, mini)}\n{note}"
+            "## Cost per task and attention (means over seeds)\n\npeak_memory_mb: peak growth of "
+            "live tensor memory in one training step; tokens_per_s: real tokens trained per "
+            "second (README, \"Where results go\"). One row per run: runs.csv.\n\n"
+            + to_markdown(costs, ("task", "attention", "test_accuracy", "peak_memory_mb",
+                                  "tokens_per_s", "step_time_ms", "params", "kernel_backend",
+                                  "seeds")))
+    atomic_write_text(out_dir / "results.md", text)
+    if runs:
+        overview = attention_rows(runs, tasks)
+        for cost, (_, name) in plots.COSTS.items():
+            plots.plot_overview(overview, cost, title, out_dir / name)
+        plots.plot_per_task(table, tasks, title, out_dir / plots.PER_TASK)
+        if wandb:
+            log_to_wandb(table, out_dir, title)
+    return runs
+
+
+def log_to_wandb(table: list[dict[str, Any]], out_dir: Path, title: str) -> None:
+    """One wandb run holding the results table, the accuracy-vs-memory scatter and the plots.
+    Offline without WANDB_API_KEY (or as WANDB_MODE says), with the `wandb sync` command printed."""
+    import wandb
+
+    from . import plots
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY")
+                                            else "offline")
+    tag = out_dir.name
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "lra-zoo"), name=f"summary-{tag}",
+                     group=tag, job_type="aggregate", dir=str(out_dir), mode=mode,
+                     config={"title": title}, reinit="finish_previous")
+    results = wandb.Table(columns=list(TABLE_COLUMNS),
+                          data=[[r.get(c) for c in TABLE_COLUMNS] for r in table])
+    run.log({"results": results,
+             "accuracy_vs_memory": wandb.plot.scatter(
+                 results, "peak_memory_mb", "test_accuracy_mean",
+                 title=f"{title}: test accuracy vs peak memory"),
+             **{name.removesuffix(".png"): wandb.Image(str(out_dir / name))
+                for name in [p for _, p in plots.COSTS.values()] + [plots.PER_TASK]
+                if (out_dir / name).exists()}})
+    local = Path(run.dir).parent  # the run's folder (run.dir is its files/ inside)
+    run.finish()
+    if mode == "offline":
+        print(f"wandb ran offline (no WANDB_API_KEY); upload it with: wandb sync {local}")
+    elif mode == "online":
+        print(f"wandb summary run: {run.url}")
 
 
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lra.results",
         description="Aggregate the summary.json files below a folder of runs into "
-                    "results.{csv,md} and the plots accuracy_vs_memory.png and "
-                    "accuracy_vs_time.png (one panel per task, one point per run).")
+                    "results.csv (per task and attention, mean and std over seeds), runs.csv, "
+                    "results.md (beside the published figures) and the plots "
+                    "accuracy_vs_memory.png, accuracy_vs_speed.png and accuracy_per_task.png.")
     parser.add_argument("runs", type=Path,
                         help="folder searched for summary.json files (any depth), e.g. "
                              "results/runs/lra/lra_all: <runs_dir>/<data>/<tag> of a sweep")
@@ -159,6 +303,9 @@ def parser() -> argparse.ArgumentParser:
                                                "results/lra_all")
     parser.add_argument("--title", default="lra-zoo results",
                         help="heading of results.md (default: %(default)r)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log one wandb run with the table and the plots (offline "
+                             "without WANDB_API_KEY; the `wandb sync` command is printed)")
     return parser
 
 
@@ -167,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.runs.is_dir():
         ap.error(f"{args.runs} is not a folder of runs")
-    rows = aggregate(args.runs, args.out, title=args.title)
+    rows = aggregate(args.runs, args.out, title=args.title, wandb=args.wandb)
     print((args.out / "results.md").read_text())
     print(f"{len(rows)} runs; written to {args.out}")
     return 0

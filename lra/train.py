@@ -32,13 +32,14 @@ from tqdm import tqdm
 
 from data_prep.atomic import atomic_write, atomic_write_text
 
-from . import cli, distributed
+from . import cli, distributed, schedules
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .eta import StepClock
 from .memory import PeakMemory
 from .model import Classifier
 from .overrides import check_overrides, group_options
+from .preemption import Preemption
 from .results import append_jsonl, check_summary, read_summary, write_json
 from .runlock import RunLock
 
@@ -60,30 +61,6 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", local_rank)
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """trainer.schedule=linear: linear warmup to the peak, then linear decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
-                    total: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-step schedule. "onecycle" is the published harness's call, torch's defaults
-    included: the lr rises linearly from lr/25 to lr over `warmup` steps, then falls linearly to
-    lr/25e4 at `total`; Adam's beta1 goes 0.95 -> 0.85 at the peak -> 0.95 (trainer.betas[0] is
-    not used). "linear" keeps trainer.betas and goes 0 -> lr -> 0."""
-    if schedule == "onecycle":
-        lr = optimizer.param_groups[0]["lr"]
-        # OneCycleLR's warmup phase ends at step warmup - 1, so one step would span zero steps
-        # (a division by zero); warmup 0 gives what one step means, the peak at step 0.
-        warmup = 0 if warmup == 1 else warmup
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=lr, total_steps=total, pct_start=warmup / total,
-            anneal_strategy="linear")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
 
 
 def amp_dtype(tc: Any, device: torch.device) -> torch.dtype | None:
@@ -212,6 +189,26 @@ def run_folder(cfg: Config, data_digest: str) -> tuple[str, Path]:
     return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / folder
 
 
+def accumulated_backward(ddp: torch.nn.Module, batch: tuple[torch.Tensor, ...], accumulate: int,
+                         autocast, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Forward and backward of this process's batch in `accumulate` equal micro-batches.
+
+    Each micro-batch's mean loss is weighted 1 / accumulate, so the summed gradients are those of
+    the whole batch; under DDP the gradients are all-reduced once, on the last micro-batch.
+    Returns the batch's mean loss (detached).
+    """
+    total = torch.zeros(())
+    micro = zip(*(t.chunk(accumulate) for t in batch), strict=True)
+    for i, (tokens, mask, labels) in enumerate(micro):
+        defer_sync = i < accumulate - 1 and isinstance(ddp, DistributedDataParallel)
+        with ddp.no_sync() if defer_sync else nullcontext():
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(ddp(tokens, mask).float(), labels)
+            scaler.scale(loss / accumulate).backward()
+        total = total + loss.detach().cpu() / accumulate
+    return total
+
+
 def kernel_backend(model: torch.nn.Module) -> str:
     """The kernel backends the model's attentions ran (comma-separated), "-" for none."""
     names = {getattr(m, "backend_in_use", None) for m in model.modules()} - {None}
@@ -232,20 +229,21 @@ def train(cfg: Config) -> dict[str, Any]:
         manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
     run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
     train_size = manifest["splits"]["train"]["size"]
-    if tc.batch_size % d.world or tc.batch_size > train_size:
+    if tc.batch_size % (d.world * tc.accumulate) or tc.batch_size > train_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
-                          f"multiple of the {d.world} process(es) and at most the "
-                          f"{train_size} training examples")
+                          f"multiple of the {d.world} process(es) x trainer.accumulate="
+                          f"{tc.accumulate} and at most the {train_size} training examples")
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     # One process (group) per run folder: a second launch of the same run stops here.
-    with RunLock(run_dir) if d.main else nullcontext():
-        return train_in(cfg, d, device, manifest, run_name, run_dir)
+    with RunLock(run_dir) if d.main else nullcontext(), Preemption() as preemption:
+        return train_in(cfg, d, device, manifest, run_name, run_dir, preemption)
 
 
 def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: dict[str, Any],
-             run_name: str, run_dir: Path) -> dict[str, Any]:
-    """`train` once the run folder is chosen and locked."""
+             run_name: str, run_dir: Path, preemption: Preemption) -> dict[str, Any]:
+    """`train` once the run folder is chosen and locked; SIGTERM/SIGUSR1 (`preemption`) stop
+    it at a step boundary with a checkpoint."""
     tc = cfg.trainer
     train_size = manifest["splits"]["train"]["size"]
     summary_path = run_dir / "summary.json"
@@ -267,14 +265,21 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                   eps=tc.eps, weight_decay=tc.weight_decay)
     warmup = tc.warmup_steps
-    if warmup >= tc.max_steps:
+    # rsqrt keeps a warmup longer than the run: the original LRA's Retrieval config has one.
+    if warmup >= tc.max_steps and tc.schedule != "rsqrt":
         warmup = max(1, tc.max_steps // 10)
         log.warning("trainer.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps",
                     tc.warmup_steps, tc.max_steps, warmup)
-    scheduler = build_scheduler(optimizer, tc.schedule, warmup, tc.max_steps)
+    scheduler = schedules.build(optimizer, tc.schedule, warmup, tc.max_steps)
     dtype = amp_dtype(tc, device)
     # fp16 needs loss scaling (its gradients underflow); a disabled scaler passes through.
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+    def checkpoint() -> dict[str, Any]:
+        """What last.pt holds to resume at `step` (the RNG is reseeded from the step)."""
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "totals": totals, "best_dev": best_dev}
 
     def autocast():
         if dtype is None:
@@ -293,15 +298,16 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, totals = state["step"], state["totals"]
-        # best.pt is written before last.pt, so it holds the best dev accuracy seen so far.
-        best_dev = load_checkpoint(best_path, torch.device("cpu"), full=False)["dev_accuracy"]
+        # best.pt is written before last.pt, so it holds the best dev accuracy seen so far
+        # (last.pt records it too, since a preempted run may have no best.pt yet).
+        best_dev = state["best_dev"] if "best_dev" in state else load_checkpoint(
+            best_path, torch.device("cpu"), full=False)["dev_accuracy"]
         if d.main:  # evaluations after the checkpoint are redone: drop their lines
             atomic_write_text(metrics_path, "".join(
                 line + "\n" for line in metrics_lines(metrics_path) if line_step(line) <= step))
         log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
     elif d.main and metrics_path.exists():
         metrics_path.unlink()  # a fresh start owns its metrics log
-    distributed.reseed(cfg.seed, d.rank, step)
 
     # DDP averages gradients over processes; evaluation and checkpoints use the plain module.
     ddp = model
@@ -324,16 +330,16 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     clock = StepClock(step, tc.max_steps, tc.eval_every, on_cpu=device.type == "cpu",
                       enabled=d.main)
     while step < tc.max_steps:
-        tokens, mask, labels = (t.to(device) for t in next(train_batches))
+        distributed.reseed(cfg.seed, d.rank, step)  # dropout: resumable at any step boundary
+        batch = tuple(t.to(device) for t in next(train_batches))
+        mask = batch[1]
         measured = step - first_step < MEMORY_STEPS
         start = time.perf_counter()
         with memory if measured else nullcontext():
-            with autocast():
-                loss = torch.nn.functional.cross_entropy(ddp(tokens, mask).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss = accumulated_backward(ddp, batch, tc.accumulate, autocast, scaler)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
             lr = optimizer_step(model, optimizer, scaler, scheduler, tc.grad_clip)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -358,16 +364,17 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
                 if dev_acc > best_dev:
                     save_checkpoint(best_path, {"model": model.state_dict(), "step": step,
                                                 "dev_accuracy": dev_acc})
-                save_checkpoint(last_path, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "step": step, "totals": totals,
-                })
             best_dev = max(best_dev, dev_acc)
+            if d.main:
+                save_checkpoint(last_path, checkpoint())
             d.barrier()
-            distributed.reseed(cfg.seed, d.rank, step)
         bar.set_postfix(loss=f"{loss.item():.3f}",
                         best_dev="-" if best_dev < 0 else f"{best_dev:.3f}")  # "-": not evaluated
+        if preemption.requested(d, device) and step < tc.max_steps:
+            if d.main:
+                save_checkpoint(last_path, checkpoint())
+            d.barrier()
+            preemption.pass_on()
     bar.close()
 
     model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])
@@ -389,7 +396,8 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
         "peak_memory_kind": f"{memory.kind}: peak growth in one training step (per process)",
         "kernel_backend": kernel_backend(model),
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
-        "data_digest": manifest_digest(manifest), "tag": cfg.tag, "run_dir": str(run_dir),
+        "data_digest": manifest_digest(manifest), "tag": cfg.tag, "protocol": cfg.protocol,
+        "run_dir": str(run_dir),
     }
     check_summary(summary)
     if d.main:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 
 from lra.config import TrainerConfig
 from lra.model import AttentionSpec, Classifier, ModelConfig
-from lra.train import amp_dtype, build_scheduler
+from lra.schedules import build as build_scheduler
+from lra.train import amp_dtype
 from tests.conftest import ROOT
 
 VOCAB, MAX_LEN, CLASSES = 20, 64, 5

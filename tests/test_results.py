@@ -1,23 +1,83 @@
-"""Aggregation of run summaries into tables and the accuracy vs memory and vs time plots."""
+"""Aggregation of run summaries: accuracy per task and attention over seeds, the published rows
+beside ours, mini runs kept apart, the plots, and the wandb summary run."""
 
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 
-from lra.results import SUMMARY_KEYS, main, write_json
+import pytest
+
+from lra.cli import UserError
+from lra.results import SUMMARY_KEYS, aggregate, main, write_json
+from tests.conftest import ROOT
 
 
-def test_aggregate_collects_every_run(tmp_path):
-    for i, attention in enumerate(("softmax", "mra2")):
-        summary = {k: 0 for k in SUMMARY_KEYS} | {
-            "task": "listops", "attention": attention, "seed": 0, "mini": True,
-            "test_accuracy": 0.3 + i / 10, "majority_accuracy": 0.15,
-            "peak_memory_mb": 100.0 * (i + 1)}
-        write_json(tmp_path / "runs" / attention / "summary.json", summary)
-    assert main([str(tmp_path / "runs"), str(tmp_path / "out")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
-    assert [r["attention"] for r in rows] == ["mra2", "softmax"]
-    assert list(rows[0]) == list(SUMMARY_KEYS)
-    assert "mini=True" in (tmp_path / "out" / "results.md").read_text()
-    for plot in ("accuracy_vs_memory.png", "accuracy_vs_time.png"):
+def fake_runs(root, *, mini: bool, seeds=(0, 1, 2)):
+    """softmax and mra2 on listops and text; accuracies 0.30 + 0.01 * seed (+0.1 for mra2 on
+    text), memory 100 MB (softmax) or 10 MB, throughput 1e4 or 4e4 tokens/s."""
+    for task in ("text", "listops"):
+        for attention in ("softmax", "mra2"):
+            for seed in seeds:
+                acc = 0.30 + 0.01 * seed + (0.1 if (task, attention) == ("text", "mra2") else 0)
+                summary = {k: 0 for k in SUMMARY_KEYS} | {
+                    "task": task, "attention": attention, "seed": seed, "mini": mini,
+                    "data": "mini" if mini else "lra", "protocol": "small_protocol",
+                    "test_accuracy": acc, "majority_accuracy": 0.15, "kernel_backend": "-",
+                    "peak_memory_mb": 100.0 if attention == "softmax" else 10.0,
+                    "tokens_per_s": 1e4 if attention == "softmax" else 4e4, "step_time_ms": 5.0}
+                write_json(root / f"{task}-{attention}-{seed}" / "summary.json", summary)
+
+
+def test_accuracy_is_the_mean_and_std_over_seeds_beside_the_published_rows(tmp_path):
+    fake_runs(tmp_path / "runs", mini=False)
+    assert main([str(tmp_path / "runs"), str(tmp_path / "out"), "--title", "T"]) == 0
+    rows = {(r["task"], r["attention"]): r
+            for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert len(rows) == 4 and len(list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))) == 12
+    text_mra2 = rows[("text", "mra2")]
+    assert text_mra2["seeds"] == "3"
+    assert float(text_mra2["test_accuracy_mean"]) == pytest.approx(0.41)
+    assert float(text_mra2["test_accuracy_std"]) == pytest.approx(0.01)  # sample std of 3
+    assert float(text_mra2["peak_memory_mb"]) == 10.0
+    md = (tmp_path / "out" / "results.md").read_text()
+    # Tasks in the LRA order, the average over the tasks shown, the seed count.
+    assert "| attention | source | listops | text | avg | seeds |" in md
+    assert "| mra2 | ours, small_protocol | 31.00 ± 1.00 | 41.00 ± 1.00 | 36.00 | 3 |" in md
+    # Published softmax rows for the same tasks (ListOps, Text): LRA paper and Nystromformer.
+    assert "| 36.37 | 64.27 | 50.32 | - |" in md and "| 37.10 | 65.02 | 51.06 | - |" in md
+    for plot in ("accuracy_vs_memory.png", "accuracy_vs_speed.png", "accuracy_per_task.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 0
+
+
+def test_mini_runs_are_marked_and_shown_without_published_rows(tmp_path):
+    fake_runs(tmp_path / "runs", mini=True, seeds=(0,))
+    aggregate(tmp_path / "runs", tmp_path / "out", title="T")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert md.splitlines()[0] == "# T [MINI DATA: stand-ins, not the LRA benchmark]"
+    assert "ours (mini data)" in md and "Tay et al." not in md and "Xiong" not in md
+    assert "| softmax | ours (mini data), small_protocol | 30.00 | 30.00 | 30.00 | 1 |" in md
+
+
+def test_mini_and_lra_runs_are_never_mixed(tmp_path):
+    fake_runs(tmp_path / "runs" / "a", mini=True, seeds=(0,))
+    fake_runs(tmp_path / "runs" / "b", mini=False, seeds=(0,))
+    with pytest.raises(UserError, match="both mini and LRA runs"):
+        aggregate(tmp_path / "runs", tmp_path / "out", title="T")
+
+
+def test_wandb_summary_run_offline_prints_the_sync_command(tmp_path):
+    """With no key and no network: one offline run holding the table and plots, and the command
+    that uploads it."""
+    fake_runs(tmp_path / "runs", mini=False, seeds=(0,))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env |= {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "-m", "lra.results", str(tmp_path / "runs"),
+                           str(tmp_path / "out"), "--wandb"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run_dir] = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    assert f"wandb sync {run_dir}" in proc.stdout
+    assert list(run_dir.glob("*.wandb"))  # the run's log, uploaded by `wandb sync`

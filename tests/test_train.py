@@ -162,6 +162,54 @@ def test_torchrun_two_processes_equal_one_process(tiny_data_root, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
 
 
+def test_accumulate_two_micro_batches_equals_the_full_batch(tiny_data_root, tmp_path):
+    """trainer.accumulate=2 on one process (two micro-batches of 8, gradients summed) gives the
+    parameters of one batch of 16 after 4 steps, with dropout 0, to rounding."""
+    import torch
+
+    settings = ("trainer.max_steps=4", "trainer.eval_every=4", "model.dropout=0",
+                "trainer.lr=1e-3")
+    run_train(*settings, "trainer.accumulate=2", *tiny(tiny_data_root, tmp_path / "acc"))
+    run_train(*settings, *tiny(tiny_data_root, tmp_path / "full"))
+    [acc], [full] = summaries(tmp_path / "acc"), summaries(tmp_path / "full")
+    a, b = (torch.load(s["dir"] / "last.pt")["model"] for s in (acc, full))
+    assert acc["dir"] != full["dir"]  # accumulate is part of the run's fingerprint
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_accumulated_backward_runs_micro_batches_and_sums_their_gradients():
+    """In process: 3 micro-batches of 2 examples each, and the gradient of the batch of 6."""
+    from contextlib import nullcontext
+
+    import torch
+
+    from lra.train import accumulated_backward
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.sizes = torch.nn.Linear(4, 3), []
+
+        def forward(self, tokens, mask):
+            self.sizes.append(len(tokens))
+            return self.linear(tokens * mask[..., None])
+
+    torch.manual_seed(0)
+    model = Recorder()
+    batch = (torch.randn(6, 4), torch.ones(6, dtype=torch.bool), torch.tensor([0, 1, 2, 0, 1, 2]))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = accumulated_backward(model, batch, 3, nullcontext, scaler)
+    assert model.sizes == [2, 2, 2]
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    whole = torch.nn.functional.cross_entropy(model(batch[0], batch[1]), batch[2])
+    whole.backward()
+    torch.testing.assert_close(loss, whole.detach(), rtol=0, atol=1e-6)
+    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
 def test_rebuilt_data_is_a_new_run_not_a_skip(tmp_path):
     """The run folder's fingerprint covers the prepared data: rebuilding it differently reruns."""
     from data_prep import listops

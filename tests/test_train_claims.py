@@ -149,6 +149,8 @@ def test_a_changed_training_setting_is_a_new_run(tiny_data_root, tmp_path, clock
 NOT_RESULTS = {"logger.name", "logger.project", "logger.group", "logger.mode", "trainer.resume",
                "trainer.progress", "trainer.device", "data.root", "data.build_missing",
                "data.verify_checksums", "data.num_workers", "runs_dir", "tag",
+               # The protocol's name: the values it sets are fingerprinted themselves.
+               "protocol",
                # Kernel backends are held to the reference by their tests (kernels/): the same
                # run up to the last bits.
                "attention.options.backend"}

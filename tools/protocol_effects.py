@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from data_prep import image  # noqa: E402
 from data_prep import pathfinder as pf  # noqa: E402
 from data_prep.cache import load_split, read_manifest  # noqa: E402
-from lra.train import build_scheduler  # noqa: E402
+from lra.schedules import build as build_scheduler  # noqa: E402
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
 

@@ -1,0 +1,110 @@
+"""`make lra-all` end to end on a 2 x 2 grid (ListOps and Image x softmax and MRA-2, tiny data,
+the smoke profile cut to a few steps): the sweep, its table, and a sweep killed midway."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep import mini
+from tests.conftest import ROOT
+
+GRID = ("TASKS=listops,image", "ATTENTIONS=softmax,mra2", "DATA=mini", "TRAINER=smoke")
+RUNS = {"listops-softmax-s0", "listops-mra2-s0", "image-softmax-s0", "image-mra2-s0"}
+ENV = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def grid_data(tiny_data_root, tmp_path_factory) -> Path:
+    """tiny ListOps and the mini Image task (digits) under one data root."""
+    root = tmp_path_factory.mktemp("grid_data")
+    (root / "listops").symlink_to(tiny_data_root / "listops")
+    mini.build_image(root / "image", progress=False)
+    return root
+
+
+def make_lra_all(data_root: Path, tmp_path: Path) -> list[str]:
+    """The `make lra-all` command of the 2 x 2 grid in this test's environment (`-o` skips the
+    venv step: the environment is installed) with each run cut to 4 steps."""
+    overrides = [f"data.root={data_root}", "data.build_missing=false", "trainer.max_steps=4",
+                 "trainer.eval_every=2", "trainer.eval_batches=1", "trainer.batch_size=16",
+                 "trainer.progress=false", f"hydra.sweep.dir={tmp_path}/multirun",
+                 f"--runs-dir={tmp_path}/runs", f"--out={tmp_path}/out"]
+    return ["make", "--no-print-directory", "-o", ".venv/.installed", "lra-all",
+            f"PY={sys.executable}", *GRID, "OVERRIDES=" + " ".join(overrides)]
+
+
+def summaries(tmp_path: Path) -> dict[str, Path]:
+    """run name (task-attention-seed) -> its summary.json."""
+    return {p.parent.name.rsplit("-", 1)[0]: p
+            for p in (tmp_path / "runs").rglob("summary.json")}
+
+
+def test_make_lra_all_runs_the_grid_and_writes_the_table(grid_data, tmp_path):
+    proc = subprocess.run(make_lra_all(grid_data, tmp_path), cwd=ROOT, env=ENV, text=True,
+                          capture_output=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(summaries(tmp_path)) == RUNS
+    assert all(p.parent.parent.name == "small_protocol-mini-smoke"
+               for p in summaries(tmp_path).values())  # the tag: protocol, data, trainer
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert {(r["task"], r["attention"], r["seeds"]) for r in rows} == {
+        (t, a, "1") for t in ("listops", "image") for a in ("softmax", "mra2")}
+    assert "MINI DATA" in (tmp_path / "out" / "results.md").read_text().splitlines()[0]
+    for plot in ("accuracy_vs_memory.png", "accuracy_vs_speed.png", "accuracy_per_task.png"):
+        assert (tmp_path / "out" / plot).stat().st_size > 0, plot
+
+
+def test_a_sweep_killed_midway_completes_on_rerun_without_rerunning_a_finished_run(
+        grid_data, tmp_path):
+    cmd = make_lra_all(grid_data, tmp_path)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not summaries(tmp_path) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # make, the grid and the sweep at once
+    proc.wait()
+    finished = {name: (p.stat().st_mtime_ns, p.read_text())
+                for name, p in summaries(tmp_path).items()}
+    assert 1 <= len(finished) < len(RUNS), "the sweep was not killed midway"
+    rerun = subprocess.run(cmd, cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    after = summaries(tmp_path)
+    assert set(after) == RUNS
+    for name, (mtime, text) in finished.items():
+        assert (after[name].stat().st_mtime_ns, after[name].read_text()) == (mtime, text), name
+    assert (rerun.stdout + rerun.stderr).count("already complete") == len(finished)
+
+
+def test_slurm_launcher_preset_requeues_on_the_time_limit_signal():
+    """conf/hydra/launcher/slurm.yaml on submitit: a GPU per run, SIGUSR1 before the limit."""
+    proc = subprocess.run([sys.executable, "-m", "lra.train", "hydra/launcher=slurm",
+                           "hydra.launcher.partition=gpu", "--cfg", "hydra"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from omegaconf import OmegaConf
+
+    launcher = OmegaConf.create(proc.stdout).hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_task, launcher.signal_delay_s) == ("gpu", 1, 120)
+    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
+
+
+def test_make_lra_all_without_data_prints_each_tasks_command_and_runs_nothing(tmp_path):
+    cmd = ["make", "--no-print-directory", "-o", ".venv/.installed", "lra-all",
+           f"PY={sys.executable}", "TASKS=listops,text", "ATTENTIONS=softmax",
+           f"OVERRIDES=data.root={tmp_path}/none hydra.sweep.dir={tmp_path}/multirun "
+           f"--runs-dir={tmp_path}/runs --out={tmp_path}/out"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=300)
+    assert proc.returncode != 0
+    for task, sources in (("listops", "lra_release|generate"), ("text", "tfds|raw")):
+        assert f"python -m data_prep {task} --source <{sources}>" in proc.stderr, task
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
