@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from kernels.lsh import ESTIMATORS, V2_SLOTS, lsh_cumulation, simhash_codes
 
 from .conv_branch import ConvOptions, WithConvBranch
-from .draws import DrawCounter, draw_seed, module_seed
+from .draws import DrawCounter, module_seed, stable_seed
 from .masking import row_mask
 from .registry import (
     Attention,
@@ -197,7 +197,7 @@ class YosoAttention(Attention):
         v = torch.where(row_mask(mask), v, 0)
         out, self.backend_in_use = lsh_cumulation(
             q, k, v, q_codes, k_codes, bits, 2**tau + 2, opts.backward, opts.backward_slots or 0,
-            draw_seed(self.draws.seed, draw), opts.backend)
+            stable_seed(self.draws.seed, draw), opts.backend)
         return F.normalize(out, dim=-1)
 
 
