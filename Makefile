@@ -39,8 +39,13 @@ lra-all: setup
 	$(PY) -m lra.train -m +experiment=lra_all
 	$(PY) -m lra.results results/runs/lra/lra_all results/lra_all --title "LRA, small protocol"
 
+# `make bench` (the default study, into the tracked results/bench), `make bench bench=quick` or
+# `make bench bench=paper` (into results/bench/local/<profile>, ignored by git).
+bench ?= default
+BENCH_OUT ?= $(if $(filter default,$(bench)),results/bench,results/bench/local/$(bench))
 bench: setup
-	$(PY) -m lra.bench
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m lra.bench --profile $(bench) --out $(BENCH_OUT)
 
 # Mutation run (results/mutation/README.md): the whole core by default, which takes hours on 2
 # cores; one module with its tests, e.g.

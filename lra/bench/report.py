@@ -51,7 +51,9 @@ def mra_beside_published(app: list[dict]) -> list[dict]:
             if r["inputs"] == kind and r["scale"] == 1.0 and r["source"] == "ours"}
     table = []
     for pub in published("approximation"):
-        mine = ours.get((pub["attention"], pub["setting"].replace("block=", "block_size=")))
+        setting = pub["setting"].replace("block=", "block_size=").replace(
+            "landmarks=", "num_landmarks=")
+        mine = ours.get((pub["attention"], setting))
         table.append({"attention": pub["attention"], "setting": pub["setting"],
                       "published (RoBERTa)": float(pub["relative_error"]),
                       f"ours ({kind}, n={mine['seq_len']})" if mine else "ours":
@@ -61,7 +63,8 @@ def mra_beside_published(app: list[dict]) -> list[dict]:
 
 def peers_table(app: list[dict]) -> list[dict]:
     peers = [r for r in app if r["source"].startswith("peer:")]
-    ours = {(r["attention"], r["options"], r["inputs"]): r for r in app if r["source"] == "ours"}
+    ours = {(r["attention"], r["options"], r["inputs"]): r for r in app
+            if r["source"] == "ours" and r["scale"] == 1.0}
     return [{"attention": r["attention"], "options": r["options"], "inputs": r["inputs"],
              "peer": r["source"][5:], "ours": ours[key]["relative_error"] if key in ours else "",
              "peer_error": r["relative_error"], "peer_status": r["status"]}
