@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# Install the pinned CPU wheel first so nothing below resolves torch to a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 lint: setup
@@ -42,10 +42,8 @@ lra-all: setup
 # `make bench` (the default study, into the tracked results/bench), `make bench bench=quick` or
 # `make bench bench=paper` (into results/bench/local/<profile>, ignored by git).
 bench ?= default
-BENCH_OUT ?= $(if $(filter default,$(bench)),results/bench,results/bench/local/$(bench))
 bench: setup
-	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) -m lra.bench --profile $(bench) --out $(BENCH_OUT)
+	$(PY) -m lra.bench --profile $(bench)
 
 # Mutation run (results/mutation/README.md): the whole core by default, which takes hours on 2
 # cores; one module with its tests, e.g.

@@ -57,8 +57,12 @@ def readme_commands(text: str) -> list[list[str]]:
 
 
 def make_recipe(target: str) -> list[list[str]]:
-    """The commands of a Makefile target's recipe (its `@echo` lines left out)."""
-    lines = (ROOT / "Makefile").read_text().splitlines()
+    """The commands of a Makefile target's recipe (its `@echo` lines left out), with the
+    Makefile's `NAME ?= value` defaults put in for `$(NAME)`."""
+    text = (ROOT / "Makefile").read_text()
+    for name, value in re.findall(r"^(\w+) \?= (\S*)$", text, flags=re.M):
+        text = text.replace(f"$({name})", value)
+    lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     recipe = []
     for line in lines[start + 1:]:
