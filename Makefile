@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# Install the pinned CPU wheel first so nothing below resolves torch to a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 lint: setup
@@ -54,8 +54,11 @@ OVERRIDES ?=
 lra-all: setup
 	$(PY) -m lra.grid $(if $(TASKS),--tasks $(TASKS)) $(if $(ATTENTIONS),--attentions $(ATTENTIONS)) --seeds $(SEEDS) --data $(DATA) --protocol $(PROTOCOL) --launcher $(LAUNCHER) --trainer $(TRAINER) $(OVERRIDES)
 
+# `make bench` (the default study, into the tracked results/bench), `make bench bench=quick` or
+# `make bench bench=paper` (into results/bench/local/<profile>, ignored by git).
+bench ?= default
 bench: setup
-	$(PY) -m lra.bench
+	$(PY) -m lra.bench --profile $(bench)
 
 # Mutation run (results/mutation/README.md): the whole core by default, which takes hours on 2
 # cores; one module with its tests, e.g.

@@ -8,7 +8,8 @@ Each command (a `make` target stands for its Makefile recipe) is checked by what
 - `data_prep`: the arguments parse; `data_prep mini --tasks listops` style commands would build
   the mini suite, and the commands that need the LRA release or build full-size data are only
   parsed (they would take minutes or need files a fresh clone lacks).
-- `lra.bench`: runs as written at length 64 (`make bench` for two attentions).
+- `lra.bench`: runs as written at length 64, structured inputs, one budget point (`make bench`
+  for two attentions).
 The whole check runs serially in one test so that a results command sees the runs before it.
 """
 
@@ -60,8 +61,12 @@ def readme_commands(text: str) -> list[list[str]]:
 
 
 def make_recipe(target: str) -> list[list[str]]:
-    """The commands of a Makefile target's recipe (its `@echo` lines left out)."""
-    lines = (ROOT / "Makefile").read_text().splitlines()
+    """The commands of a Makefile target's recipe (its `@echo` lines left out), with the
+    Makefile's `NAME ?= value` defaults put in for `$(NAME)`."""
+    text = (ROOT / "Makefile").read_text()
+    for name, value in re.findall(r"^(\w+) \?= (\S*)$", text, flags=re.M):
+        text = text.replace(f"$({name})", value)
+    lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     recipe = []
     for line in lines[start + 1:]:
@@ -147,9 +152,10 @@ def check_python(module: str, args: list[str], cwd: Path, roots: dict[str, Path]
         # As written, at one short length (the later flags win); `make bench`'s whole zoo is
         # cut to two attentions, one of them kernel-backed.
         few = [] if "--attentions" in args else ["--attentions", "softmax", "mra2"]
-        assert bench.main([*args, *few, "--lengths", "64", "--error-length", "64",
-                           "--repeats", "1", "--out", str(cwd / "bench")]) == 0
-        assert (cwd / "bench" / "bench.csv").stat().st_size > 0
+        assert bench.main([*args, *few, "--lengths", "64", "--approx-len", "64",
+                           "--inputs", "structured", "--budget-points", "1", "--repeats", "1",
+                           "--out", str(cwd / "bench")]) == 0
+        assert (cwd / "bench" / "efficiency.csv").stat().st_size > 0
         return "ran at length 64" + (" for softmax and mra2" if few else "")
     raise AssertionError(f"the README test has no rule for python -m {module}")
 

@@ -1,0 +1,6 @@
+import sys
+
+from ..cli import call
+from .study import main
+
+sys.exit(call(main))

@@ -1,0 +1,92 @@
+"""Time and peak tensor memory of one attention call, and failures as statuses.
+
+Time: one warm-up call (libraries, thread pools, kernel builds), then `repeats` timed calls; on
+CUDA each is timed by a pair of CUDA events (the GPU's own clock, no host sync inside the work),
+on CPU by the wall clock. The rows report the median; `timer` returns every repeat so that a
+check can also use the minimum, which a loaded machine inflates least.
+Memory: the peak growth of live tensor bytes over the inputs during one forward+backward
+(`lra.memory.PeakMemory`: torch.cuda.max_memory_allocated on CUDA; on CPU every storage an op
+allocates, counted at the dispatcher until freed). A separate, untimed pass: counting slows ops.
+Status: "ok"; "oom" when the allocator gives up; "unsupported: ..." when the method refuses the
+input (an AttentionError, e.g. a length over its limit); "error: ..." for anything else. A
+failed cell never stops the study.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from attention_zoo import AttentionError
+
+from ..memory import PeakMemory
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def timer(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
+    """Milliseconds of each of `repeats` calls of fn, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - begin))
+    return times
+
+
+def failure_status(err: BaseException) -> str:
+    """The status of a failed cell: oom, unsupported: <why>, or error: <type: message>."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, torch.OutOfMemoryError) or "not enough memory" in message \
+            or "out of memory" in message.lower():
+        return "oom"
+    if isinstance(err, AttentionError):
+        return f"unsupported: {message}"
+    return f"error: {type(err).__name__}: {message}"
+
+
+def measure(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            mask: torch.Tensor, repeats: int) -> dict:
+    """fwd_ms (no autograd), fwd_bwd_ms and peak_memory_mb of `attend(q, k, v, mask)`, and a
+    status. q, k, v: (batch, heads, seq, head_dim) on the device; leaves get gradients."""
+    device = q.device.type
+    try:
+        leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
+        if k is q:  # a shared-qk method: one leaf for both, as the encoder feeds it
+            leaves[1] = leaves[0]
+        grad = torch.randn_like(q)
+
+        def forward():
+            with torch.no_grad():
+                attend(*leaves, mask)
+
+        def forward_backward():
+            attend(*leaves, mask).backward(grad)
+            for leaf in leaves:
+                leaf.grad = None
+
+        fwd = timer(forward, repeats, device)
+        forward_backward()  # warm-up of the backward before its memory is counted
+        with PeakMemory(q.device) as memory:
+            forward_backward()
+        peak = memory.peak_mb()
+        fwd_bwd = timer(forward_backward, repeats, device)
+    except Exception as err:  # noqa: BLE001 - every failure becomes the cell's status
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        return {"fwd_ms": "", "fwd_bwd_ms": "", "peak_memory_mb": "",
+                "status": failure_status(err)}
+    return {"fwd_ms": statistics.median(fwd), "fwd_bwd_ms": statistics.median(fwd_bwd),
+            "peak_memory_mb": peak, "status": "ok"}
