@@ -27,10 +27,16 @@ from .registry import register_attention, require_ints
 
 @dataclasses.dataclass
 class ScatterbrainOptions(PerformerOptions):
-    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's).
-    The low-rank part takes Performer's options (256 features, fixed per seed by default).
+    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's;
+        the published code takes [i - w/2, i + w/2), one key fewer).
+    The low-rank part takes Performer's options with the published Scatterbrain defaults:
+    num_features None = int(head_dim * ln(head_dim)) (110 at head_dim 32) on the hyperbolic
+    (cosh) map, 55 rows; `num_features: 256, feature_map: positive` is lra-zoo's former setting.
+    Features are fixed per seed by default (redraw_every None).
     """
 
+    num_features: int | None = None
+    feature_map: str = "hyperbolic"
     window: int = 64
 
     def validate(self) -> None:
