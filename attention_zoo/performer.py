@@ -4,6 +4,10 @@
 
 with phi the feature map of `random_features.py`, whose products estimate exp(q . k / sqrt(d)).
 Cost O(n m d) for m features; the n x n matrix is never formed.
+
+Kept as ours where the MRA comparison's harness had bugs (DEVIATIONS.md): q and k are scaled by
+d^-1/4 once (the harness did it twice), no eps is added to the features, and padded keys get
+phi = 0 (the harness zeroed k, and phi(0) != 0 kept them in the denominator).
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ so window keys count exactly and the others through the features. Both parts are
 per-query reference before they are added (see `_attend`), so the normalisers combine
 consistently and nothing overflows. Cost O(n m d) for the low-rank part plus O(n * 3w/2 * (d + m))
 for the window.
+
+Protocol options, defaults as in the Scatterbrain code the MRA comparison ran: m = int(d ln d)
+features (110 at d = 32, performer-pytorch's default; `num_features`) on the hyperbolic (cosh)
+map, exp(+-w . x' - |x'|^2 / 2) on m / 2 orthogonal rows (`feature_map`). lra-zoo's former
+setting is `num_features: 256, feature_map: positive`. The window here is |i - j| <= w / 2
+(w + 1 keys); the published one is [i - w/2, i + w/2) (DEVIATIONS.md).
 """
 
 from __future__ import annotations
