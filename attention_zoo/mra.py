@@ -16,7 +16,7 @@ Budget (option `budget_from`), per (batch, head):
   - "max_seq_len" (default, the published protocol): `block_per_row * ceil(max_seq_len / b)`
     pairs, a constant of the model, capped at the example's real pairs real_blocks^2. A short
     example gets proportionally more exact blocks (at max_seq_len 2048, bpr 8, every example of
-    at most 16 real blocks is exact);
+    at most 22 real blocks, 704 tokens, is exact);
   - "real_length": `block_per_row * real_blocks`, capped the same way, so each example gets
     block_per_row pairs per real block row whatever the model's max_seq_len.
 Both are padding-invariant: neither reads how far the batch was padded.

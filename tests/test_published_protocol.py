@@ -90,12 +90,15 @@ def published_mra(q, k, v, mask, budget_of, first_n, diagonal_n, sparse, b=32):
 BPR = 2
 
 
-@pytest.mark.parametrize("name, first_n, diagonal_n", [("mra2", 1, 1), ("mra2_s", 0, 0),
-                                                      ("mra2_s", 1, 0)])
+# (name, priors first_n and diagonal_n, kernel backend: "auto" is the C++ one where it loads)
+MRA_CASES = [("mra2", 1, 1, "auto"), ("mra2_s", 0, 0, "reference"), ("mra2_s", 1, 0, "auto")]
+
+
+@pytest.mark.parametrize("name, first_n, diagonal_n, backend", MRA_CASES)
 @pytest.mark.parametrize("max_seq_len", [512, 1024])
 @pytest.mark.parametrize("budget_from", ["max_seq_len", "real_length"])
-def test_mra_pairs_and_output_follow_the_budget_rule(name, first_n, diagonal_n, max_seq_len,
-                                                     budget_from):
+def test_mra_pairs_and_output_follow_the_budget_rule(name, first_n, diagonal_n, backend,
+                                                     max_seq_len, budget_from):
     """Published: every example gets bpr * (max_seq_len // 32) pairs, capped at its real pairs,
     computed on the input padded to max_seq_len; real_length: bpr * real blocks. Our module,
     fed the batch padded only to 512, gives the same pairs and the same real rows."""
@@ -124,7 +127,7 @@ def test_mra_pairs_and_output_follow_the_budget_rule(name, first_n, diagonal_n, 
     attn = build_attention(name, num_heads=HEADS, head_dim=32, max_seq_len=max_seq_len,
                            block_per_row=BPR, initial_prior_first_n_blocks=first_n,
                            initial_prior_diagonal_n_blocks=diagonal_n, budget_from=budget_from,
-                           backend="reference")
+                           backend=backend)
     out = attn(q, k, v, mask)
     extra = max_seq_len - 512
     full = [torch.nn.functional.pad(x, (0, 0, 0, extra)) for x in (q, k, v)]
@@ -136,7 +139,8 @@ def test_mra_pairs_and_output_follow_the_budget_rule(name, first_n, diagonal_n, 
 
 def test_mra_published_budget_makes_short_examples_exact():
     """The published budget at max_seq_len 2048, bpr 8 (ListOps) covers every pair of an example
-    of at most 16 blocks: its output is exact softmax; the per-example budget is not."""
+    of at most 22 blocks (512 pairs >= 22^2): a 500-token example is exact softmax; the
+    per-example budget is not."""
     q, k, v, mask = padded_inputs([500, 300], 512)
     exact = dense_softmax(q, k, v, mask)
     errors = {}
