@@ -57,8 +57,9 @@ def attention_cases() -> list[str]:
 
 
 def build_case(case: str, **kwargs):
-    """build_attention for an `attention_cases()` entry (extra options in kwargs win)."""
-    name, options = _cases()[case]
+    """build_attention for an `attention_cases()` entry (extra options in kwargs win); any other
+    string goes to build_attention as a name, so a wrong one fails with its own message."""
+    name, options = _cases().get(case, (case, {}))
     return build_attention(name, **{**options, **kwargs})
 
 
