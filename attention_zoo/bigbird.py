@@ -7,6 +7,11 @@ block sees, with one softmax per query row over the union:
   - num_random random blocks, drawn among the example's other blocks that hold a real token.
 The first and last query blocks are global: they attend to every real key.
 Cost O(n * b * (window_blocks + 2 + num_random)) plus O(2 b n) for the global rows.
+
+Protocol: the random blocks are redrawn on every training-mode forward by default, as in the
+MRA comparison's harness (HuggingFace's block-sparse attention with `seed=None`); `redraw_every:
+null` fixes them at construction. Kept as ours (the published choice leaks padding): the last
+global block is the example's last real block, and random blocks come from its real blocks.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import math
 import torch
 
 from .blocks import from_blocks, gather_blocks, to_blocks
-from .draws import generator, module_seed
+from .draws import DrawCounter, follow_draws, module_seed
 from .masking import key_mask, masked_softmax, pad_all_to_multiple
 from .registry import Attention, AttentionError, register_attention, require_ints
 
@@ -27,17 +32,20 @@ class BigBirdOptions:
     """block_size: b tokens per block (32 in the MRA comparison).
     num_random: random key blocks per query block (2).
     window_blocks: sliding blocks per query block, odd, centred on itself (3).
-    seed: seed of the random-block draw; None draws one from torch's global RNG at construction.
+    redraw_every: 1 draws new random blocks on every training-mode forward (published); N every
+        N calls; None draws them once. Eval never redraws: it uses the latest draw.
+    seed: seed of the random-block draws; None draws one from torch's global RNG at construction.
     """
 
     block_size: int = 32
     num_random: int = 2
     window_blocks: int = 3
+    redraw_every: int | None = 1
     seed: int | None = None
 
     def validate(self) -> None:
-        require_ints("bigbird", self, nullable=("seed",), block_size=1, num_random=0,
-                     window_blocks=1, seed=0)
+        require_ints("bigbird", self, nullable=("redraw_every", "seed"), block_size=1,
+                     num_random=0, window_blocks=1, redraw_every=1, seed=0)
         if self.window_blocks % 2 == 0:
             raise AttentionError(
                 f"bigbird: window_blocks must be odd (centred on the query block), "
@@ -52,24 +60,28 @@ class BigBirdAttention(Attention):
     last block of the padded input (which for a short example is pure padding and would waste the
     global slot). Window and global blocks that coincide are counted once.
 
-    Random blocks: at construction each head draws a fixed random priority for every
-    (query block, key block) pair up to max_seq_len (buffer `priorities`, saved in checkpoints).
-    A query block's random blocks are the num_random highest-priority key blocks among its
-    candidates: blocks of the same example that hold a real token and are neither window nor
-    global blocks. Ranking iid priorities within the candidates draws a uniform random subset of
-    them, from real blocks only and over the whole length (not only the first 1024 tokens); fewer
-    candidates than num_random leaves the missing slots empty. The priorities never change, so
-    train and eval use the same blocks, the output is deterministic, and an example's blocks
-    depend only on its own mask, never on its batch or its padding.
+    Random blocks: each head has a random priority for every (query block, key block) pair up
+    to max_seq_len (buffer `priorities`). A query block's random blocks are the num_random
+    highest-priority key blocks among its candidates: blocks of the same example that hold a
+    real token and are neither window nor global blocks. Ranking iid priorities within the
+    candidates draws a uniform random subset of them, from real blocks only and over the whole
+    length (not only the first 1024 tokens); fewer candidates than num_random leaves the missing
+    slots empty. An example's blocks depend only on its own mask and the draw, never on its
+    batch or its padding. The priorities are draw 0 at construction and are refilled with draw
+    t = (calls - 1) // redraw_every of the seeded sequence as training calls are counted (the
+    count is in the state_dict, so a resumed run continues the sequence); eval uses the latest
+    draw and is deterministic.
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        max_blocks = -(-self.max_seq_len // self.options.block_size)
-        gen = generator(module_seed(self.options.seed))
-        # priorities: (heads, max_blocks, max_blocks) uniform in [0, 1)
-        self.register_buffer("priorities", torch.rand(self.num_heads, max_blocks, max_blocks,
-                                                      generator=gen))
+        self.max_blocks = -(-self.max_seq_len // self.options.block_size)
+        self.draws = DrawCounter(module_seed(self.options.seed), self.options.redraw_every)
+        self.register_buffer("priorities", self.draw_priorities(self.draws.generator(0)))
+
+    def draw_priorities(self, gen: torch.Generator) -> torch.Tensor:
+        """(heads, max_blocks, max_blocks) uniform in [0, 1)."""
+        return torch.rand(self.num_heads, self.max_blocks, self.max_blocks, generator=gen)
 
     def key_blocks(
         self, real_blocks: torch.Tensor, global_blocks: torch.Tensor
@@ -113,6 +125,7 @@ class BigBirdAttention(Attention):
     full_precision = True
 
     def _attend(self, q, k, v, mask):
+        follow_draws(self.priorities, self.draws, self.draw_priorities)
         seq, d = q.shape[2], q.shape[3]
         b = self.options.block_size
         scale = 1.0 / math.sqrt(d)

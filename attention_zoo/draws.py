@@ -10,6 +10,7 @@ uninterrupted run would have, and a rerun with the same seed is bit-for-bit the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -75,3 +76,16 @@ class DrawCounter(nn.Module):
 
     def extra_repr(self) -> str:
         return f"every={self.every}, count_eval={self.count_eval}"
+
+
+@torch.no_grad()
+def follow_draws(buffer: torch.Tensor, counter: DrawCounter,
+                 draw: Callable[[torch.Generator], torch.Tensor]) -> None:
+    """Count one forward call on `counter` and, when it moves to a new draw number, refill
+    `buffer` in place with `draw(generator)` for that number (made on the CPU, then copied to
+    the buffer's device and dtype). The buffer holds draw 0 from construction, so a module whose
+    schedule never moves never redraws."""
+    before = counter.current()
+    number = counter.next()
+    if number != before:
+        buffer.copy_(draw(counter.generator(number)))

@@ -3,6 +3,10 @@
 Every query sees the keys within its window and the global tokens; every global query sees all
 real keys. One softmax per query row covers both, so each row is an exact softmax over its
 allowed keys. Cost O(n * (window + num_global)) plus O(num_global * n) for the global rows.
+
+Attention dropout (option `dropout`, training mode only) on the probabilities of both the window
+rows and the global rows, 0.1 by default as HuggingFace's Longformer
+(`attention_probs_dropout_prob`); the mask comes from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ import dataclasses
 import math
 
 import torch
+import torch.nn.functional as F
 
 from .local import Band
 from .masking import key_mask, masked_softmax
-from .registry import Attention, register_attention, require_ints
+from .registry import Attention, register_attention, require_ints, require_probability
 
 
 @dataclasses.dataclass
@@ -23,13 +28,17 @@ class LongformerOptions:
         j with |i - j| <= w // 2 (w + 1 keys with itself; 64 in the MRA comparison).
     num_global: the first num_global positions are global tokens (1: token 0, as in the MRA
         comparison, the [CLS] position).
+    dropout: rate of dropout on the attention probabilities in training mode (0.1, HF's
+        Longformer default; 0.0 = none).
     """
 
     window: int = 64
     num_global: int = 1
+    dropout: float = 0.1
 
     def validate(self) -> None:
         require_ints("longformer", self, window=0, num_global=0)
+        require_probability("longformer", self, "dropout")
 
 
 @register_attention("longformer", LongformerOptions)
@@ -60,6 +69,7 @@ class LongformerAttention(Attention):
         allowed = torch.cat([band.allowed.expand_as(window_logits),
                              global_real.expand_as(key_logits)], dim=-1)
         weights = masked_softmax(torch.cat([window_logits, key_logits], dim=-1), allowed)
+        weights = F.dropout(weights, self.options.dropout, self.training)
         width = window_logits.shape[-1]
         out = band.apply(weights[..., :width], vp)
         out = out + (weights[..., width:] @ global_values[:, :, None]).flatten(-3, -2)
@@ -67,5 +77,6 @@ class LongformerAttention(Attention):
 
         # Global queries see every real key: row_logits (batch, heads, g, seq).
         row_logits = q[:, :, :num_global] @ k.transpose(-1, -2) * scale
-        global_out = masked_softmax(row_logits, key_mask(mask)) @ v
+        global_weights = masked_softmax(row_logits, key_mask(mask))
+        global_out = F.dropout(global_weights, self.options.dropout, self.training) @ v
         return torch.cat([global_out, out[:, :, num_global:]], dim=2)

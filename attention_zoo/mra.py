@@ -4,18 +4,27 @@ The attention matrix exp(q k^T / sqrt(d)) is approximated at two resolutions ove
 tokens (nb = n / b blocks):
   - low resolution: one coefficient per (query block, key block) pair, the exp of the logit of
     the block means, exp(q_hat . k_hat / sqrt(d)), standing for each of the key block's real tokens;
-  - high resolution: the exact b x b logits of the `block_per_row * nb` pairs with the largest
-    low-resolution logits (plus priors), chosen per (batch, head) over the whole nb x nb grid.
+  - high resolution: the exact b x b logits of the pairs with the largest low-resolution logits
+    (plus priors), chosen per (batch, head) over the whole nb x nb grid (the budget, below).
 MRA-2 uses the low-resolution coefficient wherever no exact block was chosen; MRA-2-s ("sparse")
 uses only the exact blocks, so a query block with no chosen pair outputs zero. Each query row is
 normalised over everything it sees: out = (hi + lo) / (rowsum_hi + rowsum_lo), never building the
 n x n matrix. The exact blocks run in `kernels.block_sparse` (a fused C++ kernel on CPU, with a
 PyTorch reference), the block means and the low-resolution part here.
 
+Budget (option `budget_from`), per (batch, head):
+  - "max_seq_len" (default, the published protocol): `block_per_row * ceil(max_seq_len / b)`
+    pairs, a constant of the model, capped at the example's real pairs real_blocks^2. A short
+    example gets proportionally more exact blocks (at max_seq_len 2048, bpr 8, every example of
+    at most 22 real blocks, 704 tokens, is exact);
+  - "real_length": `block_per_row * real_blocks`, capped the same way, so each example gets
+    block_per_row pairs per real block row whatever the model's max_seq_len.
+Both are padding-invariant: neither reads how far the batch was padded.
+
 Compared with the published code this takes any length (padding to a multiple of b internally),
-sizes the budget from each example's real length (so neither max_seq_len nor the batch's padding
-changes an example's output), uses the exact per-query max, takes any head_dim, selects
-exactly the budget with ties broken by lowest flat index `row * nb + col`, and runs on CPU.
+caps the budget at the real pairs (the published top-k fails past them), uses the exact per-query
+max, takes any head_dim, selects exactly the budget with ties broken by lowest flat index
+`row * nb + col`, and runs on CPU.
 """
 
 from __future__ import annotations
@@ -31,7 +40,17 @@ from kernels.block_sparse import csr_from_pairs
 
 from .blocks import block_means
 from .masking import neg_inf, pad_all_to_multiple
-from .registry import Attention, AttentionError, check_backend, register_attention, require_ints
+from .registry import (
+    Attention,
+    AttentionError,
+    check_backend,
+    register_attention,
+    require_choice,
+    require_ints,
+)
+
+# What the exact-block budget is sized from (see the module docstring).
+BUDGET_FROM = ("max_seq_len", "real_length")
 
 
 @dataclasses.dataclass
@@ -39,8 +58,11 @@ class MraOptions:
     """Options shared by MRA-2 and MRA-2-s; the registered name fixes the approximation mode.
 
     block_size: tokens per block (b).
-    block_per_row: exact-block budget per block row; `block_per_row * nb` pairs (at most nb^2)
-        are chosen per (batch, head), nb counted per example: the blocks holding a real token.
+    block_per_row: exact-block budget per block row; `block_per_row * nb` pairs (at most the
+        example's real pairs) are chosen per (batch, head), nb counted as `budget_from` says.
+    budget_from: "max_seq_len" (the published protocol): nb = ceil(max_seq_len / block_size),
+        one budget for every example; "real_length": nb = the example's blocks holding a real
+        token.
     initial_prior_first_n_blocks: the first n block rows and columns are chosen before any
         other pair (global tokens).
     initial_prior_diagonal_n_blocks: a band of n blocks around the diagonal, |row - col| <= n // 2
@@ -58,11 +80,13 @@ class MraOptions:
     initial_prior_diagonal_n_blocks: int = 0
     input_shape: list[int] | None = None
     backend: str = "auto"
+    budget_from: str = "max_seq_len"
 
     def validate(self) -> None:
         require_ints("mra", self, block_size=1, block_per_row=1, initial_prior_first_n_blocks=0,
                      initial_prior_diagonal_n_blocks=0)
         check_backend("mra", self.backend)
+        require_choice("mra", self, budget_from=BUDGET_FROM)
         if self.input_shape is not None:
             grid = list(self.input_shape)
             if len(grid) != 2 or not all(
@@ -149,6 +173,24 @@ def select_blocks(
     return flat // nb, flat % nb
 
 
+def pair_budget(
+    has_token: torch.Tensor, block_per_row: int, budget_blocks: int | None
+) -> tuple[torch.Tensor, int]:
+    """Exact pairs per example, and how many to select for the batch.
+
+    has_token: (batch, nb) bool, the blocks holding a real token. The budget is
+    `block_per_row * budget_blocks` (a model constant) or, when budget_blocks is None,
+    `block_per_row * real_blocks`; either way at most real_blocks^2, the example's real pairs.
+    Returns budget (batch,) int64 and num_selected >= every budget, at most nb^2.
+    """
+    nb = has_token.shape[-1]
+    real_blocks = has_token.sum(dim=-1)  # (batch,)
+    sized_from = real_blocks if budget_blocks is None else torch.full_like(real_blocks,
+                                                                           budget_blocks)
+    budget = torch.minimum(block_per_row * sized_from, real_blocks * real_blocks)
+    return budget, min(block_per_row * (nb if budget_blocks is None else budget_blocks), nb * nb)
+
+
 def mra_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -160,11 +202,15 @@ def mra_attention(
     approx_mode: str,
     first_n: int = 0,
     diagonal_n: int = 0,
+    budget_blocks: int | None = None,
     impl=kernels.block_sparse.reference,
 ) -> torch.Tensor:
     """MRA-2 (approx_mode="full") or MRA-2-s ("sparse") attention.
 
     q, k, v: (batch, heads, seq, d) with seq a multiple of block_size; mask: (batch, seq) bool.
+    budget_blocks: the block count the budget is sized from, `block_per_row * budget_blocks`
+        pairs (a constant of the model, the published protocol); None sizes it from each
+        example's blocks holding a real token. Either way capped at the example's real pairs.
     impl: a `kernels.block_sparse` backend (the module `kernels.resolve` returns).
     Returns (batch, heads, seq, d); rows with nothing to attend to (padding, or in sparse mode a
     query block with no chosen pair) are zero.
@@ -182,13 +228,12 @@ def mra_attention(
     has_token = counts > 0
     valid = (has_token[:, :, None] & has_token[:, None, :])[:, None]  # (batch, 1, nb, nb)
 
-    # The budget follows each example's real length, never max_seq_len nor how far the batch
-    # was padded: block_per_row per block holding a real token (at most all pairs of them).
-    # Selection runs for the batch's largest budget K; an example keeps the first `budget` of
-    # its ranked pairs (real pairs rank first), so its output ignores the rest of the batch.
-    real_blocks = has_token.sum(dim=-1)  # (batch,)
-    budget = torch.minimum(block_per_row * real_blocks, real_blocks * real_blocks)
-    num_selected = min(block_per_row * nb, nb * nb)
+    # The budget never depends on how far the batch was padded: block_per_row per block of the
+    # model's length (a constant) or of the example's real blocks, at most all its real pairs.
+    # Selection runs for the batch's largest possible budget K; an example keeps the first
+    # `budget` of its ranked pairs (real pairs rank first), so its output ignores the rest of
+    # the batch.
+    budget, num_selected = pair_budget(has_token, block_per_row, budget_blocks)
     rows, cols = select_blocks(low_logits, valid, num_selected, first_n, diagonal_n)
     kept = torch.arange(num_selected, device=q.device) < budget[:, None, None]  # (batch, 1, K)
 
@@ -267,6 +312,8 @@ class MraAttention(Attention):
             approx_mode=self.approx_mode,
             first_n=opts.initial_prior_first_n_blocks,
             diagonal_n=opts.initial_prior_diagonal_n_blocks,
+            budget_blocks=(-(-self.max_seq_len // opts.block_size)
+                           if opts.budget_from == "max_seq_len" else None),
             impl=impl,
         )[:, :, :seq]
         if order is not None:

@@ -4,34 +4,52 @@
 
 with phi the feature map of `random_features.py`, whose products estimate exp(q . k / sqrt(d)).
 Cost O(n m d) for m features; the n x n matrix is never formed.
+
+Kept as ours where the MRA comparison's harness had bugs (DEVIATIONS.md): q and k are scaled by
+d^-1/4 once (the harness did it twice), no eps is added to the features, and padded keys get
+phi = 0 (the harness zeroed k, and phi(0) != 0 kept them in the denominator).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from .draws import module_seed
 from .random_features import RandomFeatures
-from .registry import Attention, register_attention, require_ints
+from .registry import Attention, register_attention, require_choice, require_ints
+
+FEATURE_MAPS = ("positive", "hyperbolic")
 
 
 @dataclasses.dataclass
 class PerformerOptions:
-    """num_features: m random features (256 in the MRA comparison).
+    """num_features: m random features (256 in the MRA comparison); None takes
+        int(head_dim * ln(head_dim)), performer-pytorch's default (110 at head_dim 32).
+    feature_map: "positive" (m rows, exp(w . x' - |x'|^2 / 2)) or "hyperbolic" (the cosh map:
+        m // 2 rows, each giving the pair exp(+-w . x' - |x'|^2 / 2)); see random_features.py.
     redraw_every: None keeps the features drawn at construction; N redraws them every N
         training-mode forward calls (eval never redraws).
     seed: seed of the feature draws; None draws one from torch's global RNG at construction.
     """
 
-    num_features: int = 256
+    num_features: int | None = 256
+    feature_map: str = "positive"
     redraw_every: int | None = None
     seed: int | None = None
 
     def validate(self) -> None:
-        require_ints("performer", self, nullable=("redraw_every", "seed"),
+        require_ints("performer", self, nullable=("num_features", "redraw_every", "seed"),
                      num_features=1, redraw_every=1, seed=0)
+        require_choice("performer", self, feature_map=FEATURE_MAPS)
+
+
+def default_feature_count(head_dim: int) -> int:
+    """int(d ln d), at least 1: performer-pytorch's `nb_features` default, which the
+    Scatterbrain code the MRA comparison ran kept (110 for d = 32)."""
+    return max(1, int(head_dim * math.log(head_dim)))
 
 
 def linear_attention(
@@ -59,8 +77,9 @@ class PerformerAttention(Attention):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         opts = self.options
-        self.features = RandomFeatures(self.head_dim, opts.num_features, module_seed(opts.seed),
-                                       opts.redraw_every)
+        count = opts.num_features or default_feature_count(self.head_dim)
+        self.features = RandomFeatures(self.head_dim, count, module_seed(opts.seed),
+                                       opts.redraw_every, opts.feature_map == "hyperbolic")
 
     full_precision = True
 

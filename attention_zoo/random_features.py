@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .draws import DrawCounter, generator
+from .draws import DrawCounter, follow_draws, generator
 from .masking import neg_inf
 
 
@@ -43,7 +43,13 @@ def orthogonal_gaussian(rows: int, dim: int, gen: torch.Generator) -> torch.Tens
 
 
 class RandomFeatures(nn.Module):
-    """The FAVOR+ feature map with its projection W (num_features, head_dim) and redraw policy.
+    """The FAVOR+ feature map with its projection W (rows, head_dim) and redraw policy.
+
+    hyperbolic False: m = num_features rows, phi(x)_i = m^-1/2 exp(w_i . x' - |x'|^2 / 2).
+    hyperbolic True (the "cosh" map of the Performer paper, used by Scatterbrain's code):
+    r = num_features // 2 rows and 2r features, the pairs exp(+-w_i . x' - |x'|^2 / 2) scaled by
+    (2r)^-1/2. Each pair averages an antithetic couple (w, -w), which lowers the variance, and
+    the estimate of exp(q' . k') stays unbiased.
 
     redraw_every None: W is drawn once at construction and kept (train and eval alike).
     redraw_every N: training-mode calls 1..N use draw 0, calls N+1..2N draw 1, and so on; eval
@@ -52,25 +58,24 @@ class RandomFeatures(nn.Module):
     replicas' counts are discarded each step (a known PyTorch limitation), so use DDP with redraws.
     """
 
-    def __init__(self, head_dim: int, num_features: int, seed: int, redraw_every: int | None):
+    def __init__(self, head_dim: int, num_features: int, seed: int, redraw_every: int | None,
+                 hyperbolic: bool = False):
         super().__init__()
-        self.num_features = num_features
+        self.hyperbolic = hyperbolic
+        rows = max(1, num_features // 2) if hyperbolic else num_features
+        self.num_features = 2 * rows if hyperbolic else rows
         self.draws = DrawCounter(seed, redraw_every)
-        self.register_buffer("projection", orthogonal_gaussian(num_features, head_dim,
+        self.register_buffer("projection", orthogonal_gaussian(rows, head_dim,
                                                                generator(seed, 0)))
 
-    @torch.no_grad()
-    def _count_call(self) -> None:
-        before = self.draws.current()
-        draw = self.draws.next()
-        if draw != before:
-            fresh = orthogonal_gaussian(*self.projection.shape, self.draws.generator(draw))
-            self.projection.copy_(fresh)
-
     def _log_features(self, x: torch.Tensor) -> torch.Tensor:
-        """u = W x' - |x'|^2 / 2 with x' = d^-1/4 x: (batch, heads, seq, d) -> (.., seq, m)."""
+        """u = W x' - |x'|^2 / 2 with x' = d^-1/4 x ([W x'; -W x'] when hyperbolic):
+        (batch, heads, seq, d) -> (.., seq, m)."""
         x = x * x.shape[-1] ** -0.25
-        return x @ self.projection.to(x.dtype).T - 0.5 * (x * x).sum(dim=-1, keepdim=True)
+        proj = x @ self.projection.to(x.dtype).T
+        if self.hyperbolic:
+            proj = torch.cat([proj, -proj], dim=-1)
+        return proj - 0.5 * (x * x).sum(dim=-1, keepdim=True)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor
@@ -81,7 +86,8 @@ class RandomFeatures(nn.Module):
         q_offset (batch, heads, seq, 1) and k_offset (batch, heads, 1, 1); both detached.
         phi_k is exactly zero at padded keys (mask: (batch, seq) bool, True = real).
         """
-        self._count_call()
+        follow_draws(self.projection, self.draws,
+                     lambda gen: orthogonal_gaussian(*self.projection.shape, gen))
         scale = self.num_features ** -0.5
         u_q = self._log_features(q)
         q_offset = u_q.amax(dim=-1, keepdim=True).detach()

@@ -16,6 +16,15 @@ Rounds combine by the log-sum-exp of their normalisers, as in the paper: the out
 round's softmax output weighted by that round's share of the total normaliser. A key found by
 both rounds counts in both (the paper's default, without its duplicate-count correction).
 Cost O(num_hashes * n * 2 * chunk_size).
+
+Protocol options, defaults as in the HuggingFace port the MRA comparison ran:
+  - redraw_every 1: new rotations on every training-mode forward (HF's `hash_seed=None`),
+    seeded by (seed, call number) through draws.DrawCounter; None keeps draw 0 for good;
+  - buckets_from "max_seq_len": one bucket count for the model, from its max_seq_len (HF takes
+    it from the padded length, which is max_len when batches pad to it); "real_length": from
+    each example's real length.
+The port's first chunk of round r looks back into the last chunk of round r-1 (wrap-around);
+here the first chunk of every round has no previous chunk (DEVIATIONS.md).
 """
 
 from __future__ import annotations
@@ -26,9 +35,15 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .draws import generator, module_seed
+from .draws import DrawCounter, follow_draws, module_seed
 from .masking import neg_inf, pad_all_to_multiple
-from .registry import Attention, AttentionError, register_attention, require_ints
+from .registry import (
+    Attention,
+    AttentionError,
+    register_attention,
+    require_choice,
+    require_ints,
+)
 
 # The logit of a token for itself: far below any real logit (|q . k| <= |q| with unit keys),
 # far above the padding logit `neg_inf`, so self wins only over padding (as in the published code).
@@ -39,19 +54,27 @@ SELF_LOGIT = -1e5
 class ReformerOptions:
     """num_hashes: hash rounds (2 in the MRA comparison).
     chunk_size: tokens per chunk of the sorted order (64).
-    num_buckets: buckets per round, even; None picks, per example, the largest power of two
-        <= 2 * real length / chunk_size (at least 2), the published default.
+    num_buckets: buckets per round, even; None picks the largest power of two
+        <= 2 * length / chunk_size (at least 2), the published default, with the length that
+        `buckets_from` names.
+    buckets_from: "max_seq_len" (published: one count for the model) or "real_length" (each
+        example's own count); used when num_buckets is None.
+    redraw_every: 1 draws new rotations on every training-mode forward (published); N every N
+        calls; None draws them once. Eval never redraws: it uses the latest draw.
     seed: seed of the rotations; None draws one from torch's global RNG at construction.
     """
 
     num_hashes: int = 2
     chunk_size: int = 64
     num_buckets: int | None = None
+    buckets_from: str = "max_seq_len"
+    redraw_every: int | None = 1
     seed: int | None = None
 
     def validate(self) -> None:
-        require_ints("reformer", self, nullable=("num_buckets", "seed"), num_hashes=1,
-                     chunk_size=1, num_buckets=2, seed=0)
+        require_ints("reformer", self, nullable=("num_buckets", "redraw_every", "seed"),
+                     num_hashes=1, chunk_size=1, num_buckets=2, redraw_every=1, seed=0)
+        require_choice("reformer", self, buckets_from=("max_seq_len", "real_length"))
         if self.num_buckets is not None and self.num_buckets % 2:
             raise AttentionError(
                 f"reformer: num_buckets must be even (argmax over [xR; -xR]), "
@@ -88,9 +111,11 @@ class ReformerAttention(Attention):
 
     Padding: padded tokens hash to an extra bucket after all real ones, so they sort to the end
     and never take a chunk slot from a real token, and they are masked as keys; the bucket count
-    follows each example's real length. Randomness: the rotations (heads, num_hashes, d, B/2) are
-    drawn once at construction (buffer `rotations`, saved in checkpoints) and never redrawn, so
-    train and eval use the same hashes and the output is deterministic.
+    comes from max_seq_len or the example's real length, never from the batch's padding.
+    Randomness: the rotations (heads, num_hashes, d, B/2) are buffer `rotations`, draw 0 at
+    construction, refilled with draw t = (calls - 1) // redraw_every of the seeded sequence as
+    training calls are counted (the count is in the state_dict, so a resumed run continues the
+    sequence); eval uses the latest draw and is deterministic.
     Exact limit: when one chunk covers the sequence, every query sees every key, and the output is
     exact softmax over q_i . k_j with the self logit rule.
     """
@@ -102,14 +127,18 @@ class ReformerAttention(Attention):
         opts = self.options
         self.max_buckets = opts.num_buckets or int(
             auto_buckets(torch.tensor(self.max_seq_len), opts.chunk_size))
-        gen = generator(module_seed(opts.seed))
-        self.register_buffer("rotations", torch.randn(
-            self.num_heads, opts.num_hashes, self.head_dim, self.max_buckets // 2, generator=gen))
+        self.draws = DrawCounter(module_seed(opts.seed), opts.redraw_every)
+        self.register_buffer("rotations", self.draw_rotations(self.draws.generator(0)))
+
+    def draw_rotations(self, gen: torch.Generator) -> torch.Tensor:
+        """(heads, num_hashes, d, max_buckets / 2) standard Gaussian."""
+        return torch.randn(self.num_heads, self.options.num_hashes, self.head_dim,
+                           self.max_buckets // 2, generator=gen)
 
     def hash(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Buckets (batch, heads, rounds, seq) of unit keys (batch, heads, seq, d); padded tokens
         get bucket max_buckets, after every real bucket."""
-        if self.options.num_buckets is None:
+        if self.options.num_buckets is None and self.options.buckets_from == "real_length":
             buckets = auto_buckets(mask.sum(dim=-1), self.options.chunk_size)
         else:
             buckets = torch.full(mask.shape[:1], self.max_buckets, device=mask.device)
@@ -131,6 +160,7 @@ class ReformerAttention(Attention):
         (q, keys, v), mask = pad_all_to_multiple((q, F.normalize(q, dim=-1), v), mask, chunk)
         n = q.shape[2]
 
+        follow_draws(self.rotations, self.draws, self.draw_rotations)
         with torch.no_grad():
             bucket = self.hash(keys, mask)  # (batch, heads, rounds, n)
             positions = torch.arange(n, device=q.device)

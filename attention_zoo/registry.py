@@ -104,6 +104,11 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def share_parameters(self, first: Attention) -> None:
+        """Called by the encoder on every layer after the first, with the first layer's module:
+        a method whose published setting shares parameters across layers (Linformer's E) ties
+        them here. Nothing is shared by default."""
+
     def check_inputs(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     ) -> None:
@@ -148,6 +153,25 @@ def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             allowed = " or null" if key in nullable else ""
             raise AttentionError(f"{name}: {key} must be an int >= {low}{allowed}, got {value!r}")
+
+
+def require_probability(name: str, options, *keys: str) -> None:
+    """For an options dataclass's `validate`: raise AttentionError unless each named option is
+    a number in [0, 1) (a dropout rate)."""
+    for key in keys:
+        value = getattr(options, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise AttentionError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
+
+
+def require_choice(name: str, options, **choices: tuple[str, ...]) -> None:
+    """For an options dataclass's `validate`: raise AttentionError unless each named option is
+    one of its allowed strings."""
+    for key, allowed in choices.items():
+        value = getattr(options, key)
+        if value not in allowed:
+            raise AttentionError(f"{name}: {key} must be one of {', '.join(allowed)}, "
+                                 f"got {value!r}")
 
 
 def check_backend(name: str, backend: str) -> None:

@@ -10,6 +10,12 @@ so window keys count exactly and the others through the features. Both parts are
 per-query reference before they are added (see `_attend`), so the normalisers combine
 consistently and nothing overflows. Cost O(n m d) for the low-rank part plus O(n * 3w/2 * (d + m))
 for the window.
+
+Protocol options, defaults as in the Scatterbrain code the MRA comparison ran: m = int(d ln d)
+features (110 at d = 32, performer-pytorch's default; `num_features`) on the hyperbolic (cosh)
+map, exp(+-w . x' - |x'|^2 / 2) on m / 2 orthogonal rows (`feature_map`). lra-zoo's former
+setting is `num_features: 256, feature_map: positive`. The window here is |i - j| <= w / 2
+(w + 1 keys); the published one is [i - w/2, i + w/2) (DEVIATIONS.md).
 """
 
 from __future__ import annotations
@@ -27,10 +33,16 @@ from .registry import register_attention, require_ints
 
 @dataclasses.dataclass
 class ScatterbrainOptions(PerformerOptions):
-    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's).
-    The low-rank part takes Performer's options (256 features, fixed per seed by default).
+    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's;
+        the published code takes [i - w/2, i + w/2), one key fewer).
+    The low-rank part takes Performer's options with the published Scatterbrain defaults:
+    num_features None = int(head_dim * ln(head_dim)) (110 at head_dim 32) on the hyperbolic
+    (cosh) map, 55 rows; `num_features: 256, feature_map: positive` is lra-zoo's former setting.
+    Features are fixed per seed by default (redraw_every None).
     """
 
+    num_features: int | None = None
+    feature_map: str = "hyperbolic"
     window: int = 64
 
     def validate(self) -> None:

@@ -1,14 +1,42 @@
-"""Exact softmax attention: the fast fused path and the explicit n x n oracle."""
+"""Exact softmax attention: the fast fused path and the explicit n x n oracle.
+
+    out = dropout(softmax(q k^T / sqrt(d))) v
+
+Attention dropout (option `dropout`, training mode only) zeroes each probability with that rate
+and scales the rest by 1 / (1 - rate), as the MRA comparison's harness did for its softmax
+Transformer (0.1, its `dropout_prob`); its mask comes from torch's global RNG, like the model's
+other dropout layers. The fused `softmax` defaults to the harness's 0.1; `softmax_naive`, the
+test oracle, to 0.0.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 
 from .masking import key_mask, masked_softmax
-from .registry import Attention, register_attention
+from .registry import Attention, register_attention, require_probability
+
+
+@dataclasses.dataclass
+class SoftmaxOptions:
+    """dropout: rate of dropout on the attention probabilities in training mode (0.1 in the
+    MRA comparison's harness; 0.0 = none)."""
+
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        require_probability("softmax", self, "dropout")
+
+
+@dataclasses.dataclass
+class NaiveSoftmaxOptions(SoftmaxOptions):
+    """dropout: as softmax's, 0.0 by default: the oracle is exact in training mode too."""
+
+    dropout: float = 0.0
 
 
 def _keys_for_empty_examples(mask: torch.Tensor) -> torch.Tensor:
@@ -22,16 +50,17 @@ def _keys_for_empty_examples(mask: torch.Tensor) -> torch.Tensor:
     return mask | empty
 
 
-@register_attention("softmax")
+@register_attention("softmax", SoftmaxOptions)
 class SoftmaxAttention(Attention):
     """softmax(q k^T / sqrt(d)) v through torch's fused scaled_dot_product_attention."""
 
     def _attend(self, q, k, v, mask):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask(
-            _keys_for_empty_examples(mask)))
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask(_keys_for_empty_examples(mask)),
+            dropout_p=self.options.dropout if self.training else 0.0)
 
 
-@register_attention("softmax_naive")
+@register_attention("softmax_naive", NaiveSoftmaxOptions)
 class NaiveSoftmaxAttention(Attention):
     """The same math with the n x n matrix written out: the test oracle, and the paper's
     "Transformer" baseline for memory comparisons."""
@@ -39,4 +68,5 @@ class NaiveSoftmaxAttention(Attention):
     def _attend(self, q, k, v, mask):
         # logits: (batch, heads, seq_q, seq_k)
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        return masked_softmax(logits, key_mask(mask)) @ v
+        weights = masked_softmax(logits, key_mask(mask))
+        return F.dropout(weights, self.options.dropout, self.training) @ v

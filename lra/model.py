@@ -112,6 +112,10 @@ class Encoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, attention, positions)
                                     for _ in range(cfg.num_layers))
+        # Parameters an attention shares across layers (Linformer's E, as published) are tied
+        # to the first layer's (`Attention.share_parameters`).
+        for block in self.blocks[1:]:
+            block.attn.attn.share_parameters(self.blocks[0].attn.attn)
         self.norm = nn.LayerNorm(cfg.dim)
         nn.init.normal_(self.tokens.weight, std=0.02)
         nn.init.normal_(self.positions.weight, std=0.02)

@@ -16,38 +16,53 @@ from kernels.backend import registered_backends
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# The alternative of each protocol option (the default follows the published code): the contract
-# suite runs each as its own case, "name[key=value,...]". One line per attention.
-ALTERNATIVES: dict[str, list[dict]] = {
+# The non-default side of each protocol option (DEVIATIONS.md): attention name -> option sets,
+# one per line. The contract suite runs every attention under its defaults and under each of
+# these, as the case "name[key=value,...]".
+ALTERNATIVES = {
+    "mra2": [{"budget_from": "real_length"}],
+    "mra2_s": [{"budget_from": "real_length"}],
+    "reformer": [{"redraw_every": None}, {"buckets_from": "real_length"}],
+    "bigbird": [{"redraw_every": None}],
+    "linformer": [{"init": "pooling", "share_across_layers": False}],
+    "scatterbrain": [{"num_features": 256, "feature_map": "positive"}],
+    "softmax": [{"dropout": 0.0}],
+    "softmax_naive": [{"dropout": 0.1}],
+    "longformer": [{"dropout": 0.0}],
     "yoso": [{"hash": "gaussian"}, {"redraw": "training_steps"}, {"backward_slots": None}],
     "yoso_conv": [{"hash": "gaussian", "redraw": "training_steps", "backward_slots": None}],
 }
 
 
-def case_name(name: str, options: dict) -> str:
-    return f"{name}[{','.join(f'{key}={value}' for key, value in options.items())}]"
+def _case_id(name: str, options: dict) -> str:
+    return f"{name}[{','.join(f'{k}={v}' for k, v in options.items())}]"
 
 
-def attention_cases() -> list[str]:
-    """Every registered attention once per CPU kernel backend: the name alone runs its default
-    (auto: the fastest that loads), "name@backend" each other backend of its kernel family; and
-    once per entry of ALTERNATIVES, "name[key=value]"."""
-    cases = []
+def _cases() -> dict[str, tuple[str, dict]]:
+    """case id -> (attention name, options): every registered attention once per CPU kernel
+    backend (the name alone runs its default, auto: the fastest that loads; "name@backend" each
+    other backend of its kernel family), then each of its ALTERNATIVES."""
+    cases = {}
     for name in list_attentions():
-        cases.append(name)
+        cases[name] = (name, {})
         family = attention_class(name).kernel_family
         if family:
-            cases += [f"{name}@{b}" for b in registered_backends(family, "cpu")[1:]]
-        cases += [case_name(name, options) for options in ALTERNATIVES.get(name, [])]
+            cases.update({f"{name}@{b}": (name, {"backend": b})
+                          for b in registered_backends(family, "cpu")[1:]})
+        cases.update({_case_id(name, opts): (name, opts) for opts in ALTERNATIVES.get(name, [])})
     return cases
 
 
+def attention_cases() -> list[str]:
+    """The case ids of `_cases`, for parametrising a suite over every attention and option."""
+    return list(_cases())
+
+
 def build_case(case: str, **kwargs):
-    """build_attention for an `attention_cases()` entry."""
-    name, _, backend = case.partition("@")
-    name = name.partition("[")[0]
-    options = next((o for o in ALTERNATIVES.get(name, []) if case_name(name, o) == case), {})
-    return build_attention(name, **kwargs, **options, **({"backend": backend} if backend else {}))
+    """build_attention for an `attention_cases()` entry (extra options in kwargs win); any other
+    string goes to build_attention as a name, so a wrong one fails with its own message."""
+    name, options = _cases().get(case, (case, {}))
+    return build_attention(name, **{**options, **kwargs})
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,8 @@ def test_error_falls_with_budget(seq):
     errors = {}
     for name in NAMES:
         errors[name] = [
-            relative_error(make(name, head_dim=32, block_per_row=bpr)(q, k, v, mask), target, mask)
+            relative_error(make(name, head_dim=32, max_seq_len=seq, block_per_row=bpr)(
+                q, k, v, mask), target, mask)
             for bpr in (1, 2, 4, 8)
         ]
         print(f"\n{name} seq={seq} relative error at block_per_row 1, 2, 4, 8: "

@@ -94,7 +94,7 @@ def test_full_budget_is_exact(name, options):
     seq = 300
     q, k, v = structured_qkv(3, HEADS, seq, HEAD_DIM, seed=4)
     mask = suffix_mask(seq, [300, 170, 1])
-    out, reference = make(name, **options)(q, k, v, mask), exact(q, k, v, mask)
+    out, reference = make(name, **options).eval()(q, k, v, mask), exact(q, k, v, mask)
     print(f"\n{name} {options}: relative error vs exact {relative_error(out, reference, mask):.2e}")
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
 
@@ -218,7 +218,7 @@ def test_longformer_global_token_is_symmetric():
     seq = 256
     q, k, v = structured_qkv(1, HEADS, seq, HEAD_DIM, seed=6)
     mask = suffix_mask(seq, [seq])
-    attn = make("longformer", window=8)
+    attn = make("longformer", window=8).eval()  # no attention dropout
     base = attn(q, k, v, mask)
 
     def moved(pos):
