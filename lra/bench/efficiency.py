@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 import kernels
-from attention_zoo import attention_class, build_attention
+from attention_zoo import attention_class, build_attention, make_options
 from attention_zoo.structured import structured_qkv
 
 from .measure import measure
@@ -37,14 +37,21 @@ def backends(name: str, device: str, which: str) -> list[str]:
     return found if which == "all" else found[:1]
 
 
+def timed_options(name: str) -> dict:
+    """Attention dropout (a training-time protocol of softmax and Longformer) is off: the study
+    times each method's own work, and dropout would also move SDPA off its fused kernel."""
+    return {"dropout": 0.0} if hasattr(make_options(name), "dropout") else {}
+
+
 def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: int,
          device: str, repeats: int) -> dict:
     """One row of efficiency.csv."""
-    row = {"attention": name, "backend": backend, "options": describe(name, {}),
+    timed = timed_options(name)
+    row = {"attention": name, "backend": backend, "options": describe(name, timed),
            "device": device, "dtype": "float32", "batch": batch, "heads": heads,
            "seq_len": seq, "head_dim": head_dim}
     torch.manual_seed(0)
-    options = {} if backend == "-" else {"backend": backend}
+    options = {**timed, **({} if backend == "-" else {"backend": backend})}
     try:
         attn = build_attention(name, num_heads=heads, head_dim=head_dim, max_seq_len=seq,
                                **options).to(device)
@@ -66,7 +73,8 @@ def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int,
         oom_at = None
         for seq in lengths:
             if oom_at is not None:
-                yield {"attention": name, "backend": backend, "options": describe(name, {}),
+                yield {"attention": name, "backend": backend,
+                       "options": describe(name, timed_options(name)),
                        "device": device, "dtype": "float32", "batch": batch, "heads": heads,
                        "seq_len": seq, "head_dim": head_dim, "fwd_ms": "", "fwd_bwd_ms": "",
                        "peak_memory_mb": "", "status": f"skipped: oom at n={oom_at}"}
