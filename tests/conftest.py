@@ -65,6 +65,18 @@ def build_case(case: str, **kwargs):
     return build_attention(name, **{**options, **kwargs})
 
 
+def same_draws(attn):
+    """attn, restored to its present state before each call, so that every call makes the same
+    random draws (methods that redraw on every forward, eval included, count their calls)."""
+    state = attn.state_dict()
+
+    def restore(module, args):
+        module.load_state_dict(state)  # returns None: a hook's return value would replace args
+
+    attn.register_forward_pre_hook(restore)
+    return attn
+
+
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory) -> Path:
     """data root with a small ListOps cache (mini=True) at root/listops."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import attention_cases, build_case
+from conftest import attention_cases, build_case, same_draws
 
 from attention_zoo import AttentionError
 
@@ -26,18 +26,6 @@ def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=
         lengths = [seq] * batch
     mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
     return q, k, v, mask
-
-
-def same_draws(attn):
-    """attn, restored to its present state before each call, so that every call makes the same
-    random draws (methods that redraw on every forward, eval included, count their calls)."""
-    state = attn.state_dict()
-
-    def restore(module, args):
-        module.load_state_dict(state)  # returns None: a hook's return value would replace args
-
-    attn.register_forward_pre_hook(restore)
-    return attn
 
 
 def qk_for(attn, q, k):

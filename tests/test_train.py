@@ -132,8 +132,9 @@ def test_missing_lra_data_names_the_path_and_command(tmp_path):
 
 def test_torchrun_two_processes_equal_one_process(tiny_data_root, tmp_path):
     """DDP through torchrun on CPU (Gloo): one summary, written by rank 0, for 2 processes; and
-    with dropout 0 its parameters after 4 steps equal those of one process with the same global
-    batch (each rank trains on half of every batch, DDP averages the gradients), to rounding."""
+    with dropout 0 (attention dropout too) its parameters after 4 steps equal those of one
+    process with the same global batch (each rank trains on half of every batch, DDP averages
+    the gradients), to rounding."""
     import os
     import subprocess
     import sys
@@ -141,7 +142,7 @@ def test_torchrun_two_processes_equal_one_process(tiny_data_root, tmp_path):
     import torch
 
     settings = ("trainer.max_steps=4", "trainer.eval_every=2", "model.dropout=0",
-                "trainer.lr=1e-3")
+                "attention.options.dropout=0", "trainer.lr=1e-3")
     two, one = tmp_path / "two", tmp_path / "one"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "lra.train", *settings, *tiny(tiny_data_root, two)]
@@ -168,7 +169,7 @@ def test_accumulate_two_micro_batches_equals_the_full_batch(tiny_data_root, tmp_
     import torch
 
     settings = ("trainer.max_steps=4", "trainer.eval_every=4", "model.dropout=0",
-                "trainer.lr=1e-3")
+                "attention.options.dropout=0", "trainer.lr=1e-3")
     run_train(*settings, "trainer.accumulate=2", *tiny(tiny_data_root, tmp_path / "acc"))
     run_train(*settings, *tiny(tiny_data_root, tmp_path / "full"))
     [acc], [full] = summaries(tmp_path / "acc"), summaries(tmp_path / "full")
