@@ -35,6 +35,15 @@ from kernels.backend import BACKENDS
 from .masking import masked_rows
 
 
+def in_full_precision(attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+    """attend(q, k, v, mask) on q, k, v in at least fp32 (fp64 stays fp64) with autocast off.
+    The output keeps the computed dtype; the caller casts back."""
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        return attend(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+
+
 class AttentionError(ValueError):
     """A wrong attention name, option or input. The message says what to change."""
 
@@ -91,9 +100,7 @@ class Attention(nn.Module):
             # An empty batch has nothing to attend; its (empty) output keeps the autograd graph.
             return q
         if self.full_precision:
-            dtype = torch.promote_types(q.dtype, torch.float32)
-            with torch.autocast(device_type=q.device.type, enabled=False):
-                out = self._attend(q.to(dtype), k.to(dtype), v.to(dtype), mask)
+            out = in_full_precision(self._attend, q, k, v, mask)
         else:
             out = self._attend(q, k, v, mask)
         # Padded query rows are defined as zero for every method, whatever it computed there.

@@ -7,7 +7,6 @@ Pair tasks take tokens and mask of shape (batch, 2, seq).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from attention_zoo import build_attention
+from attention_zoo.registry import in_full_precision
 
 
 @dataclass
@@ -69,12 +69,10 @@ class AttentionLayer(nn.Module):
         parts = self.qkv(x).view(batch, seq, -1, self.num_heads, self.head_dim)
         parts = parts.permute(2, 0, 3, 1, 4)
         q, k, v = (parts[0], parts[0], parts[1]) if self.shared_qk else parts
-        full = self.fp32 and torch.is_autocast_enabled(x.device.type)
-        with torch.autocast(x.device.type, enabled=False) if full else nullcontext():
-            if full:  # fp64 stays fp64
-                dtype = torch.promote_types(q.dtype, torch.float32)
-                q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-            out = self.attn(q, k, v, mask)  # (batch, heads, seq, head_dim)
+        if self.fp32 and torch.is_autocast_enabled(x.device.type):
+            out = in_full_precision(self.attn, q, k, v, mask)  # (batch, heads, seq, head_dim)
+        else:
+            out = self.attn(q, k, v, mask)
         return self.out(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
