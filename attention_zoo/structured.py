@@ -44,6 +44,21 @@ def structured_qkv(
     return q.to(dtype), k.to(dtype), v.to(dtype)
 
 
+def padded_qkv(
+    lengths: list[int], heads: int, seq: int, head_dim: int, *, structured: bool, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (len(lengths), heads, seq, head_dim), structured (`structured_qkv`) or Gaussian,
+    and the suffix mask (batch, seq) whose example b has `lengths[b]` real tokens."""
+    batch = len(lengths)
+    if structured:
+        q, k, v = structured_qkv(batch, heads, seq, head_dim, seed=seed)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen) for _ in range(3))
+    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    return q, k, v, mask
+
+
 def relative_error(out: torch.Tensor, exact: torch.Tensor, mask: torch.Tensor) -> float:
     """||out - exact|| / ||exact|| over the real query rows."""
     return float(masked_rows(out - exact, mask).norm() / masked_rows(exact, mask).norm())

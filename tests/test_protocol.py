@@ -99,6 +99,16 @@ def test_default_model_gives_the_harness_logits():
     assert (other(tokens, mask) - expected).abs().max() > 1e-3
 
 
+def lr_beta1_trace(opt, sched, steps: int) -> list[tuple[float, float]]:
+    """(lr, beta1) used by each of `steps` optimiser steps, stepping the scheduler after each."""
+    seen = []
+    for _ in range(steps):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    return seen
+
+
 def test_onecycle_is_the_harness_schedule():
     """lr and Adam's beta1 at step 0, at the warmup's peak and at the last step, against
     OneCycleLR called with the harness's arguments and against the values they must take."""
@@ -107,13 +117,7 @@ def test_onecycle_is_the_harness_schedule():
     def run(make_scheduler):
         param = torch.nn.Parameter(torch.zeros(1))
         opt = torch.optim.AdamW([param], lr=lr, betas=(0.9, 0.999), eps=1e-6)
-        sched = make_scheduler(opt)
-        seen = []
-        for _ in range(total):
-            seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
-            opt.step()
-            sched.step()
-        return seen
+        return lr_beta1_trace(opt, make_scheduler(opt), total)
 
     ours = run(lambda opt: build_scheduler(opt, "onecycle", warmup, total))
     harness = run(lambda opt: torch.optim.lr_scheduler.OneCycleLR(
@@ -140,22 +144,14 @@ def test_schedule_resumes_exactly_from_its_state(schedule):
         opt = torch.optim.AdamW([param], lr=1e-3)
         return opt, build_scheduler(opt, schedule, 4, 12)
 
-    def steps(opt, sched, n):
-        seen = []
-        for _ in range(n):
-            seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
-            opt.step()
-            sched.step()
-        return seen
-
-    whole = steps(*fresh(), 12)
+    whole = lr_beta1_trace(*fresh(), 12)
     opt, sched = fresh()
-    head = steps(opt, sched, 5)
+    head = lr_beta1_trace(opt, sched, 5)
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
     opt, sched = fresh()
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    assert head + steps(opt, sched, 7) == whole
+    assert head + lr_beta1_trace(opt, sched, 7) == whole
 
 
 def test_amp_is_fp16_on_cuda_only():

@@ -12,7 +12,7 @@ import torch
 from attention_zoo import build_attention
 from attention_zoo.draws import generator
 from attention_zoo.mra import pair_budget, select_blocks
-from attention_zoo.structured import relative_error, structured_qkv
+from attention_zoo.structured import padded_qkv, relative_error
 from lra.model import AttentionSpec, Encoder, ModelConfig
 
 HEADS = 2
@@ -20,13 +20,7 @@ HEADS = 2
 
 def padded_inputs(lengths, seq, head_dim=32, *, seed=0, structured=False):
     """float64 q, k, v (batch, HEADS, seq, head_dim) and a suffix mask with the given lengths."""
-    if structured:
-        q, k, v = structured_qkv(len(lengths), HEADS, seq, head_dim, seed=seed)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        q, k, v = (torch.randn(len(lengths), HEADS, seq, head_dim, generator=gen)
-                   for _ in range(3))
-    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    q, k, v, mask = padded_qkv(lengths, HEADS, seq, head_dim, structured=structured, seed=seed)
     return q.double(), k.double(), v.double(), mask
 
 

@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attention_zoo import build_attention  # noqa: E402
-from attention_zoo.structured import relative_error, structured_qkv  # noqa: E402
+from attention_zoo.structured import padded_qkv, relative_error  # noqa: E402
 from lra.model import AttentionSpec, Encoder, ModelConfig  # noqa: E402
 
 SEQ, LENGTHS, HEADS, HEAD_DIM = 512, (512, 384), 2, 32
@@ -75,14 +75,7 @@ HARNESS = {"harness performer": harness_performer, "padded keys counted": padded
 
 def inputs(kind: str, seed: int):
     """q, k, v (2, HEADS, SEQ, HEAD_DIM) and the mask of LENGTHS."""
-    if kind == "structured":
-        q, k, v = structured_qkv(len(LENGTHS), HEADS, SEQ, HEAD_DIM, seed=seed)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        q, k, v = (torch.randn(len(LENGTHS), HEADS, SEQ, HEAD_DIM, generator=gen)
-                   for _ in range(3))
-    mask = torch.arange(SEQ)[None, :] < torch.tensor(LENGTHS)[:, None]
-    return q, k, v, mask
+    return padded_qkv(LENGTHS, HEADS, SEQ, HEAD_DIM, structured=kind == "structured", seed=seed)
 
 
 def exact(attn, q, k, v, mask):

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from attention_zoo import build_attention
-from attention_zoo.structured import structured_qkv
+from attention_zoo.structured import padded_qkv, structured_qkv
 from attention_zoo.yoso import hadamard_planes
 from kernels.lsh import simhash_codes
 
@@ -48,8 +48,8 @@ def grads(attn, q, k, v, mask, weight):
 
 
 def inputs(seq: int, lengths: list[int]):
-    q, k, v = structured_qkv(len(lengths), HEADS, seq, DIM, seed=1, dtype=torch.float64)
-    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
+    q, k, v, mask = padded_qkv(lengths, HEADS, seq, DIM, structured=True, seed=1)
+    q, k, v = q.double(), k.double(), v.double()
     weight = torch.randn(q.shape, generator=torch.Generator().manual_seed(2), dtype=q.dtype)
     return q, k, v, mask, weight
 
