@@ -54,8 +54,8 @@ OVERRIDES ?=
 lra-all: setup
 	$(PY) -m lra.grid $(if $(TASKS),--tasks $(TASKS)) $(if $(ATTENTIONS),--attentions $(ATTENTIONS)) --seeds $(SEEDS) --data $(DATA) --protocol $(PROTOCOL) --launcher $(LAUNCHER) --trainer $(TRAINER) $(OVERRIDES)
 
-# `make bench` (the default study, into the tracked results/bench), `make bench bench=quick` or
-# `make bench bench=paper` (into results/bench/local/<profile>, ignored by git).
+# `make bench` (the default study), `make bench bench=quick` or `make bench bench=paper`: into
+# results/bench/local/<profile>, ignored by git; the tracked results/bench/<name>/ came from --out.
 bench ?= default
 bench: setup
 	$(PY) -m lra.bench --profile $(bench)

@@ -1,6 +1,6 @@
 """`make demo`: the main comparison in miniature, on CPU, with no data and no network.
 
-Trains softmax, MRA-2 and Nystromformer on the mini ListOps stand-in (the sweep of
+Trains softmax, MRA-2 and Longformer on the mini ListOps stand-in (the sweep of
 `conf/experiment/demo.yaml`, run by `python -m lra.train -m +experiment=demo`), then aggregates
 the run summaries as `make lra-all` does (`lra.results.aggregate`): the results table and the
 accuracy vs memory and vs speed plots, printed and written to results/demo/.
@@ -15,7 +15,7 @@ from pathlib import Path
 from .grid import ROOT, sweep
 from .results import aggregate
 
-TITLE = "lra-zoo demo (offline mini suite: stand-ins, not the LRA benchmark)"
+TITLE = "lra-zoo demo: mini ListOps"
 
 
 def parser() -> argparse.ArgumentParser:

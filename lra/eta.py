@@ -70,7 +70,8 @@ class StepClock:
                  "plus evaluations", self.step_s, len(self.times), duration(total), self.steps)
         if self.on_cpu and total > CPU_PATIENCE_S:
             short = round_steps(SHORT_RUN_S / self.step_s)
-            smoke = OmegaConf.load(CONF / "trainer" / "smoke.yaml").max_steps
-            log.warning("that is long for a CPU: trainer.max_steps=%d (about %s) or "
-                        "trainer=smoke (%d steps, about %s) tries the same run shorter", short,
-                        duration(short * self.step_s), smoke, duration(smoke * self.step_s))
+            smoke = OmegaConf.load(CONF / "trainer" / "smoke.yaml")
+            log.warning("that is long for a CPU: trainer.max_steps=%d (about %s) tries the same "
+                        "run shorter; trainer=smoke (%d steps of %d examples) checks that it "
+                        "works end to end", short, duration(short * self.step_s),
+                        smoke.max_steps, smoke.batch_size)

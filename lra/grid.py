@@ -82,7 +82,8 @@ def parser() -> argparse.ArgumentParser:
                     help="basic: one run after another; joblib: parallel local processes; "
                          "slurm: one SLURM job per run (default: %(default)s)")
     ap.add_argument("--trainer", default="default",
-                    help="a conf/trainer/ profile; smoke: 200 steps a run (default: %(default)s)")
+                    help="a conf/trainer/ profile; smoke: 50 steps of 8 examples a run "
+                         "(default: %(default)s)")
     ap.add_argument("--tag", default=None,
                     help="names the grid's runs and results (default: "
                          "<protocol>-<data>[-<trainer>])")

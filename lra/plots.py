@@ -84,6 +84,14 @@ def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> 
     _place_labels(ax, [(label, x, y, label in HIGHLIGHT) for label, x, y, _ in points])
 
 
+def _majority_line(ax, accuracy: float, label: str) -> None:
+    """The accuracy of always answering the training split's most frequent class: the floor a
+    trained model must clear."""
+    ax.axhline(100 * accuracy, ls=":", c="grey", lw=1)
+    ax.annotate(label, (0.01, 100 * accuracy), xycoords=("axes fraction", "data"),
+                xytext=(0, 2), textcoords="offset points", fontsize=7, color="grey")
+
+
 def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path) -> None:
     """rows: lra.results.attention_rows. An attention without the cost (a run of 2 steps or
     fewer is not timed) has no point; a plot with none says so."""
@@ -93,6 +101,7 @@ def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     if points:
         _points(ax, points, COSTS[cost][0] + ", geometric mean over tasks")
+        _majority_line(ax, rows[0]["majority_mean"], "majority class (mean over tasks)")
     else:
         ax.text(0.5, 0.5, f"no {cost}: no attention ran every task, or no run was long enough "
                 "to measure (more than 2 steps)", ha="center", va="center", wrap=True)
@@ -117,12 +126,8 @@ def plot_per_task(rows: list[dict[str, Any]], tasks: list[str], title: str, path
         _points(ax, [(r["attention"], r["peak_memory_mb"], 100 * r["test_accuracy_mean"],
                       100 * (r["test_accuracy_std"] or 0)) for r in mine],
                 "peak memory (MB, log scale)")
-        majority = max(r["majority_accuracy"] for r in mine) if mine else None
-        if majority is not None:
-            ax.axhline(100 * majority, ls=":", c="grey", lw=1)
-            ax.annotate("majority class", (0.01, 100 * majority), xycoords=("axes fraction",
-                        "data"), xytext=(0, 2), textcoords="offset points", fontsize=7,
-                        color="grey")
+        if mine:
+            _majority_line(ax, max(r["majority_accuracy"] for r in mine), "majority class")
         ax.set_title(task, fontsize=10)
     for ax in axes.flat[len(tasks):]:
         ax.axis("off")

@@ -163,7 +163,10 @@ def attention_rows(runs: list[dict[str, Any]], tasks: list[str]) -> list[dict[st
             by_seed.setdefault(r["seed"], {})[r["task"]] = r["test_accuracy"]
         averages = [_mean(list(acc.values())) for acc in by_seed.values() if len(acc) == len(tasks)]
         per_task = [_mean([r["test_accuracy"] for r in mine if r["task"] == t]) for t in tasks]
+        majority = _mean([next(r["majority_accuracy"] for r in mine if r["task"] == t)
+                          for t in tasks])
         rows.append({"attention": attention, "accuracy_mean": _mean(per_task),
+                     "majority_mean": majority,
                      "accuracy_std": _std(averages), "seeds": len(by_seed),
                      "tasks": ", ".join(tasks),
                      **{k: _geomean([r[k] for r in mine if r.get(k)])

@@ -27,12 +27,29 @@ def test_every_registered_attention_has_a_config_and_back():
     assert ATTENTION_CONFIGS == list_attentions()
 
 
-def test_every_attention_task_preset_names_a_real_pair():
-    for path in (CONF / "attention_task").glob("*.yaml"):
-        attention, task = next((a, path.stem[len(a) + 1:]) for a in
-                               sorted(ATTENTION_CONFIGS, key=len, reverse=True)
-                               if path.stem.startswith(a + "_"))
-        assert task in TASKS, path
+@pytest.mark.parametrize("group, others", [
+    ("attention_task", TASKS),
+    ("attention_data", sorted(p.stem for p in (CONF / "data").glob("*.yaml"))),
+    ("protocol_attention_task", [f"{protocol}_{attention}_{task}"
+                                 for protocol in ("lra_original", "small_protocol")
+                                 for attention in ATTENTION_CONFIGS for task in TASKS])])
+def test_every_attention_pair_preset_names_a_real_pair(group, others):
+    for path in (CONF / group).glob("*.yaml"):
+        if group == "protocol_attention_task":
+            assert path.stem in others, path
+            continue
+        attention, other = next((a, path.stem[len(a) + 1:]) for a in
+                                sorted(ATTENTION_CONFIGS, key=len, reverse=True)
+                                if path.stem.startswith(a + "_"))
+        assert other in others, path
+
+
+@pytest.mark.parametrize("attention", ["softmax", "longformer"])
+def test_attention_dropout_is_off_on_the_mini_suite_only(attention):
+    mini = load_config(composed(f"attention={attention}", "data=mini"))
+    assert mini.attention.options["dropout"] == 0
+    lra = load_config(composed(f"attention={attention}", "data=lra", "data.build_missing=false"))
+    assert lra.attention.options["dropout"] == 0.1
 
 
 @pytest.mark.parametrize("task", TASKS)

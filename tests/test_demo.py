@@ -9,7 +9,7 @@ from lra import demo
 
 
 def test_demo_trains_the_sweep_and_writes_its_tables(tiny_data_root, tmp_path, capsys):
-    """The demo's sweep (softmax, mra2 and nystrom on mini ListOps, tag demo) runs to its
+    """The demo's sweep (softmax, mra2 and longformer on mini ListOps, tag demo) runs to its
     summaries, and results.{csv,md} hold each summary's values, marked as mini stand-ins."""
     overrides = [f"data.root={tiny_data_root}", "data.build_missing=false", "task.max_len=64",
                  "trainer.batch_size=16", "trainer.max_steps=4", "trainer.eval_every=2",
@@ -21,7 +21,7 @@ def test_demo_trains_the_sweep_and_writes_its_tables(tiny_data_root, tmp_path, c
         summary = json.loads(path.read_text())
         assert summary["steps"] == 4 and summary["mini"] is True and summary["tag"] == "demo"
         summaries[summary["attention"]] = summary
-    assert set(summaries) == {"softmax", "mra2", "nystrom"}
+    assert set(summaries) == {"softmax", "mra2", "longformer"}
     rows = list(csv.DictReader(open(tmp_path / "demo" / "runs.csv")))
     assert {row["attention"] for row in rows} == set(summaries)
     for row in rows:

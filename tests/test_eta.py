@@ -24,8 +24,8 @@ def test_estimate_is_the_mean_of_steps_two_to_six_times_the_steps(caplog):
     assert "planned: 5000 training steps" in text
     assert "about 4.9 h for the 5000 steps" in text
     # 10 minutes at 3.52 s per step is 170 steps.
-    assert ("trainer.max_steps=170 (about 10.0 min) or trainer=smoke (200 steps, about "
-            "11.7 min)") in text
+    assert ("trainer.max_steps=170 (about 10.0 min) tries the same run shorter; trainer=smoke "
+            "(50 steps of 8 examples) checks that it works end to end") in text
 
 
 def test_no_suggestion_on_cuda_or_for_a_short_run(caplog):

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from lra.config import load_config
 from lra.schedules import lr_factor
 from tests.conftest import ROOT
-from tests.test_configs import TASKS, composed
+from tests.test_configs import CONF, TASKS, composed
 
 # The original LRA protocol (JAX configs): dim / heads / layers / FFN, pooling, batch, peak lr,
 # schedule, warmup, steps, weight decay, dropout. Retrieval takes Text's schedule (warmup 8000).
@@ -48,6 +48,19 @@ def test_lra_original_preset_has_the_original_values(task):
     assert (tuple(cfg.trainer.betas), cfg.trainer.eps) == ((0.9, 0.98), 1e-9)  # Adam's
 
 
+def test_every_cell_with_an_attention_preset_validates_under_lra_original():
+    """A cell that fails validation would stop `make lra-all PROTOCOL=lra_original` midway, as
+    its CLS pooling once did with MRA's 2-D image grid. Cells of attentions without a per-task
+    preset compose the protocol's files as softmax's do (small_protocol's cells: test_configs)."""
+    presets = {p.stem.split("_" + t)[0] for p in (CONF / "attention_task").glob("*.yaml")
+               for t in TASKS if p.stem.endswith("_" + t)}
+    for attention in sorted(presets | {"softmax"}):
+        for task in TASKS:
+            cfg = load_config(composed("protocol=lra_original", f"task={task}",
+                                       f"attention={attention}"))
+            assert (cfg.task.name, cfg.attention.name) == (task, attention)
+
+
 def test_protocol_in_a_sweep_picks_each_task_file():
     """`protocol=lra_original task=text` (as `make lra-all PROTOCOL=lra_original` runs each job)
     is `+experiment=lra_original/text`; trainer=smoke shortens it and keeps its optimiser."""
@@ -55,7 +68,7 @@ def test_protocol_in_a_sweep_picks_each_task_file():
     b = composed("+experiment=lra_original/text")
     assert OmegaConf.to_container(a) == OmegaConf.to_container(b)
     smoke = load_config(composed("protocol=lra_original", "task=text", "trainer=smoke"))
-    assert (smoke.trainer.max_steps, smoke.trainer.warmup_steps) == (200, 20)
+    assert (smoke.trainer.max_steps, smoke.trainer.warmup_steps) == (50, 5)
     assert (smoke.trainer.lr, smoke.model.dim, smoke.trainer.schedule) == (0.05, 256, "rsqrt")
 
 

@@ -51,8 +51,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (profile's; default all)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: results/bench for the default profile, else "
-                        "results/bench/local/<profile>, ignored by git)")
+                   help="output folder (default: results/bench/local/<profile>, ignored by git, "
+                        "so a run never overwrites the tracked results; those were written with "
+                        "an explicit --out, named in their README.md)")
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     return p
 
@@ -178,8 +179,7 @@ def study(args, argv: list[str] | None) -> int:
     unknown = sorted(set(names) - set(list_attentions()))
     if unknown:
         parser().error(f"unknown attention(s) {unknown}; valid: {', '.join(list_attentions())}")
-    out = args.out or ROOT / "results" / "bench" / (
-        "" if args.profile == "default" else f"local/{args.profile}")
+    out = args.out or ROOT / "results" / "bench" / "local" / args.profile
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m lra.bench " + " ".join(argv if argv is not None else sys.argv[1:])
 
