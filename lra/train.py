@@ -4,7 +4,7 @@ lra.train ...` (DistributedDataParallel; `trainer.batch_size` stays the global b
 
 The run folder is <runs_dir>/<data>/<tag>/<task>-<attention>-s<seed>-<fingerprint>, where the
 fingerprint hashes every setting that changes the result. Re-running the same command resumes from
-`last.pt` (with the exact data order, see lra.distributed), and skips a run whose `summary.json`
+`last.pt` (with the exact data order, see lra.sampling), and skips a run whose `summary.json`
 exists, so a killed sweep loses at most the run in progress.
 """
 
@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from data_prep.atomic import atomic_write, atomic_write_text
 
-from . import cli, distributed, schedules
+from . import cli, distributed, sampling, schedules
 from .config import Config, ConfigError, fingerprint, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .eta import StepClock
@@ -155,7 +155,7 @@ class Evaluator:
         batches."""
         batch = self.cfg.trainer.batch_size
         limit = None if max_batches is None else max_batches * batch
-        shard = distributed.Shard(len(self.data.splits[split]), self.d, limit, self.cfg.seed)
+        shard = sampling.Shard(len(self.data.splits[split]), self.d, limit, self.cfg.seed)
         loader = self.data.eval_loader(split, batch // self.d.world, shard, self.cfg.data)
         was_training = model.training
         model.eval()
@@ -314,7 +314,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     if d.world > 1:
         ddp = DistributedDataParallel(model, device_ids=[d.local_rank]
                                       if device.type == "cuda" else None)
-    batches = distributed.StepBatches(train_size, tc.batch_size, cfg.seed, step, d)
+    batches = sampling.StepBatches(train_size, tc.batch_size, cfg.seed, step, d)
     train_batches = iter(data.train_loader(batches, cfg.data))
     evaluate = Evaluator(data, cfg, d, device, autocast)
     logger = Logger(cfg, run_name, run_dir, enabled=d.main)
@@ -330,7 +330,7 @@ def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: d
     clock = StepClock(step, tc.max_steps, tc.eval_every, on_cpu=device.type == "cpu",
                       enabled=d.main)
     while step < tc.max_steps:
-        distributed.reseed(cfg.seed, d.rank, step)  # dropout: resumable at any step boundary
+        sampling.reseed(cfg.seed, d.rank, step)  # dropout: resumable at any step boundary
         batch = tuple(t.to(device) for t in next(train_batches))
         mask = batch[1]
         measured = step - first_step < MEMORY_STEPS

@@ -19,7 +19,7 @@ import torch
 from omegaconf import OmegaConf
 
 import lra.train
-from lra import distributed
+from lra import distributed, sampling
 from lra.config import NOT_FINGERPRINTED, Config, fingerprint, load_config
 from lra.memory import PeakMemory
 from tests.test_configs import composed
@@ -79,8 +79,8 @@ def test_step_time_excludes_evaluation_and_tokens_are_the_real_ones(tiny_data_ro
     summary = lra.train.train(cfg)
     assert summary["step_time_ms"] == pytest.approx(1.0, rel=1e-6)
     lengths = np.load(tiny_data_root / "listops" / "train.lengths.npy")
-    batches = list(zip(distributed.StepBatches(len(lengths), 16, cfg.seed, 0,
-                                               distributed.Dist()), range(steps), strict=False))
+    batches = list(zip(sampling.StepBatches(len(lengths), 16, cfg.seed, 0,
+                                            distributed.Dist()), range(steps), strict=False))
     timed = batches[lra.train.MEMORY_STEPS:]
     real = sum(int(lengths[b].sum()) for b, _ in timed)
     assert real < 0.7 * len(timed) * 16 * 64  # the check below tells real from padded tokens
