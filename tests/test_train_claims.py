@@ -22,6 +22,7 @@ import lra.train
 from lra import distributed, sampling
 from lra.config import NOT_FINGERPRINTED, Config, fingerprint, load_config
 from lra.memory import PeakMemory
+from lra.run import RunFolder
 from tests.test_configs import composed
 
 EVALUATION_S = 3600.0  # fake seconds that one evaluation takes
@@ -205,7 +206,7 @@ def test_every_setting_but_the_bookkeeping_ones_enters_the_fingerprint(tmp_path)
         assert (other == base) == (key in NOT_RESULTS), key
     assert fingerprint(cfg, "other digest") != base
     # The run folder also names the data, the tag and the seed in clear.
-    name, folder = lra.train.run_folder(cfg, "digest")
+    folder = RunFolder.of(cfg, "digest").path
     assert folder == Path(tmp_path) / "mini" / "default" / f"listops-softmax-s0-{base}"
 
 
