@@ -77,14 +77,15 @@ class RunFolder:
     def start(self, cfg: Config, device: torch.device, *, resume: bool) -> dict[str, Any] | None:
         """Write the config and return the state in last.pt to go on from, with the metrics
         lines after its step dropped (their evaluations are redone); None, with the metrics log
-        cleared, to start at step 0 (`resume` false, or no last.pt yet)."""
+        and any summary cleared, to start at step 0 (`resume` false, or no last.pt yet)."""
         if self.writer:
             atomic_write_text(self.path / "config.yaml",
                               OmegaConf.to_yaml(OmegaConf.structured(cfg)))
             log.info("run folder: %s", self.path)
         if not (resume and self.last.exists()):
-            if self.writer:
-                self.metrics.unlink(missing_ok=True)  # a fresh start owns its metrics log
+            if self.writer:  # a fresh start owns its metrics log, and is not finished until it is
+                self.metrics.unlink(missing_ok=True)
+                self.summary.unlink(missing_ok=True)
             return None
         state = load_checkpoint(self.last, device, full=True)
         if "best_dev" not in state:  # a last.pt from before it recorded the best dev accuracy

@@ -109,6 +109,16 @@ def test_a_fresh_start_owns_its_metrics_log(tmp_path, resume):
     assert not run.metrics.exists()
 
 
+def test_a_finished_run_started_again_is_unfinished_until_it_ends(tmp_path):
+    """trainer.resume=false on a finished run: a kill during the new training must not leave a
+    folder that a relaunch skips, with the old summary over the new checkpoints."""
+    run = folder(tmp_path / NAME)
+    evaluate_all(run)
+    run.finish(summary(steps=6))
+    assert run.start(Settings(), CPU, resume=False) is None
+    assert run.finished() is None
+
+
 def test_a_last_pt_without_best_dev_takes_it_from_best_pt(tmp_path):
     run = folder(tmp_path / NAME)
     evaluate_all(run)
