@@ -32,7 +32,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from attention_zoo import AttentionError
     from data_prep.cache import DataError
     from lra.config import ConfigError
-    from lra.runlock import RunLocked
+    from lra.run import RunLocked
 
     return (UserError, ConfigError, DataError, AttentionError, RunLocked, OSError)
 

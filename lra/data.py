@@ -70,7 +70,7 @@ class TaskData:
     splits: dict[str, TaskDataset]
 
     def train_loader(self, batches: torch.utils.data.Sampler, cfg: DataConfig) -> DataLoader:
-        """Training batches from a batch sampler (`lra.distributed.StepBatches`)."""
+        """Training batches from a batch sampler (`lra.sampling.StepBatches`)."""
         return self._loader("train", cfg, batch_sampler=batches)
 
     def eval_loader(self, split: str, batch_size: int, sampler: torch.utils.data.Sampler,

@@ -1,7 +1,7 @@
-"""Run outputs: atomic file writes, the summary schema, and aggregation into tables.
+"""Run outputs: the summary schema, and aggregation into tables.
 
-A run folder holds `config.yaml`, `metrics.jsonl` (one line per evaluation), `summary.json`,
-and the checkpoints `last.pt` (resume) and `best.pt` (best dev accuracy).
+A run folder (lra.run) holds `config.yaml`, `metrics.jsonl` (one line per evaluation),
+`summary.json`, and the checkpoints `last.pt` (resume) and `best.pt` (best dev accuracy).
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ SUMMARY_KEYS = (
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
-def append_jsonl(path: str | Path, obj: Any) -> None:
-    """Append one line; a line is written whole with a single write, then flushed to disk."""
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def check_summary(summary: dict[str, Any]) -> None:

@@ -2,20 +2,20 @@
 attention=mra2`, a sweep with `-m`, or several processes with `torchrun --nproc_per_node=N -m
 lra.train ...` (DistributedDataParallel; `trainer.batch_size` stays the global batch).
 
-The run folder is <runs_dir>/<data>/<tag>/<task>-<attention>-s<seed>-<fingerprint>, where the
-fingerprint hashes every setting that changes the result. Re-running the same command resumes from
-`last.pt` (with the exact data order, see lra.distributed), and skips a run whose `summary.json`
-exists, so a killed sweep loses at most the run in progress.
+The run folder (lra.run) is <runs_dir>/<data>/<tag>/<task>-<attention>-s<seed>-<fingerprint>,
+where the fingerprint hashes every setting that changes the result. Re-running the same command
+resumes from `last.pt` (with the exact data order, see lra.sampling), and skips a run whose
+`summary.json` exists, so a killed sweep loses at most the run in progress.
+
+`train` reads top to bottom: set-up, the training loop (`train_step`, and every eval_every steps
+`evaluate_and_save`), the test of the best model (`summarize`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import pickle
 import random
-import shutil
 import sys
 import textwrap
 import time
@@ -30,21 +30,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from data_prep.atomic import atomic_write, atomic_write_text
-
-from . import cli, distributed, schedules
-from .config import Config, ConfigError, fingerprint, load_config
+from . import cli, distributed, sampling, schedules
+from .config import Config, ConfigError, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
 from .eta import StepClock
 from .memory import PeakMemory
 from .model import Classifier
 from .overrides import check_overrides, group_options
 from .preemption import Preemption
-from .results import append_jsonl, check_summary, read_summary, write_json
-from .runlock import RunLock
+from .run import RunFolder
 
 log = logging.getLogger("lra.train")
-# Training steps per process that measure peak memory and are not timed (see the training loop).
+# The first MEMORY_STEPS training steps of each process measure peak memory (lra.memory), the
+# others are timed: counting CPU memory slows every op, and the first steps hold one-off set-up
+# work (lazy optimizer state, kernel selection) that is no step time.
 MEMORY_STEPS = 2
 
 
@@ -90,30 +89,6 @@ def build_model(cfg: Config, manifest: dict[str, Any]) -> Classifier:
                       pair=cfg.task.pair)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically: on any failure the previous one stays as it was."""
-    try:
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except RuntimeError as err:
-        # torch's zip writer reports a failed write (a full disk) without an errno.
-        free_mb = shutil.disk_usage(path.parent).free / 2**20
-        raise cli.UserError(f"writing {path} failed ({str(err).splitlines()[0]}); "
-                            f"{free_mb:.0f} MB are free on that disk (a full disk ends this "
-                            "way); the previous checkpoint is kept") from None
-
-
-def load_checkpoint(path: Path, device: torch.device, *, full: bool) -> dict[str, Any]:
-    """A checkpoint (`full`: with optimizer state, from our own writer); a missing, partial or
-    corrupt file is one UserError naming it and the fix."""
-    try:
-        return torch.load(path, map_location=device, weights_only=not full)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        reason = "missing" if isinstance(err, FileNotFoundError) else "partial or corrupt"
-        raise cli.UserError(f"{path} is {reason} ({str(err).splitlines()[0]}); rerun with "
-                            "trainer.resume=false to train this run again from step 0 (it "
-                            "replaces the run's checkpoints)") from None
-
-
 class Logger:
     """wandb when `logger=wandb` (offline unless an API key is configured), else nothing."""
 
@@ -155,7 +130,7 @@ class Evaluator:
         batches."""
         batch = self.cfg.trainer.batch_size
         limit = None if max_batches is None else max_batches * batch
-        shard = distributed.Shard(len(self.data.splits[split]), self.d, limit, self.cfg.seed)
+        shard = sampling.Shard(len(self.data.splits[split]), self.d, limit, self.cfg.seed)
         loader = self.data.eval_loader(split, batch // self.d.world, shard, self.cfg.data)
         was_training = model.training
         model.eval()
@@ -170,23 +145,12 @@ class Evaluator:
         correct, total = self.d.sum([correct, total], self.device)
         return correct / max(total, 1)
 
-
-def metrics_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def line_step(line: str) -> float:
-    """The step of a metrics.jsonl line; a line cut short by a kill counts as after any step."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return float("inf")
-
-
-def run_folder(cfg: Config, data_digest: str) -> tuple[str, Path]:
-    name = f"{cfg.task.name}-{cfg.attention.name}-s{cfg.seed}"
-    folder = f"{name}-{fingerprint(cfg, data_digest)}"
-    return name, Path(cfg.runs_dir) / cfg.data.name / cfg.tag / folder
+    def majority_accuracy(self) -> float:
+        """The test accuracy of always predicting the most frequent training label."""
+        train_labels = np.asarray(self.data.splits["train"].split.labels)
+        test_labels = np.asarray(self.data.splits["test"].split.labels)
+        majority = int(np.bincount(train_labels).argmax())
+        return float(np.mean(test_labels == majority))
 
 
 def accumulated_backward(ddp: torch.nn.Module, batch: tuple[torch.Tensor, ...], accumulate: int,
@@ -215,196 +179,208 @@ def kernel_backend(model: torch.nn.Module) -> str:
     return ",".join(sorted(names)) or "-"
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Run one training job end to end and return its summary."""
-    tc = cfg.trainer
-    d = distributed.init_from_env(use_cuda=tc.device != "cpu" and torch.cuda.is_available())
-    device = pick_device(tc.device, d.local_rank)
+def warmup_steps(tc: Any) -> int:
+    """trainer.warmup_steps, or a tenth of the run when the warmup would outlast it (rsqrt keeps
+    a warmup longer than the run: the original LRA's Retrieval config has one)."""
+    if tc.warmup_steps < tc.max_steps or tc.schedule == "rsqrt":
+        return tc.warmup_steps
+    warmup = max(1, tc.max_steps // 10)
+    log.warning("trainer.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps",
+                tc.warmup_steps, tc.max_steps, warmup)
+    return warmup
+
+
+class Learner:
+    """The model with its optimizer, schedule and loss scaler, and the run's progress: what
+    last.pt holds. (Not the RNG: each step reseeds it from the step, lra.sampling.reseed.)"""
+
+    def __init__(self, cfg: Config, manifest: dict[str, Any], device: torch.device, name: str):
+        self.tc, self.name = cfg.trainer, name  # name: the run's, for its error messages
+        # The model (and any random features, hashes or blocks it draws) is the same on every rank.
+        seed_everything(cfg.seed)
+        self.model = build_model(cfg, manifest).to(device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr,
+                                           betas=tuple(self.tc.betas), eps=self.tc.eps,
+                                           weight_decay=self.tc.weight_decay)
+        self.scheduler = schedules.build(self.optimizer, self.tc.schedule, warmup_steps(self.tc),
+                                         self.tc.max_steps)
+        self.dtype = amp_dtype(self.tc, device)
+        # fp16 needs loss scaling (its gradients underflow); a disabled scaler passes through.
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        # Progress and the measurements of the whole run (kept in last.pt across resumes).
+        self.step, self.best_dev = 0, -1.0
+        self.totals = {"train_time": 0.0, "timed_steps": 0, "real_tokens": 0,
+                       "peak_memory_mb": 0.0}
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step, "totals": self.totals, "best_dev": self.best_dev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.totals, self.best_dev = state["step"], state["totals"], state["best_dev"]
+
+
+def shared_manifest(cfg: Config, d: distributed.Dist) -> dict[str, Any]:
+    """The task's manifest on every process; rank 0 reads it first, so that it builds a missing
+    mini task once, before the other processes read it."""
     expect = {"num_classes": cfg.task.num_classes, "pair": cfg.task.pair,
               "max_len": cfg.task.max_len}
-    # Rank 0 first: it builds a missing mini task once, before the other processes read it.
     manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect) if d.main else None
     d.barrier()
-    if manifest is None:
-        manifest = prepare_manifest(cfg.task.name, cfg.data, expect=expect)
-    run_name, run_dir = run_folder(cfg, manifest_digest(manifest))
-    train_size = manifest["splits"]["train"]["size"]
+    return manifest or prepare_manifest(cfg.task.name, cfg.data, expect=expect)
+
+
+def check_batch_size(tc: Any, d: distributed.Dist, train_size: int) -> None:
     if tc.batch_size % (d.world * tc.accumulate) or tc.batch_size > train_size:
         raise ConfigError(f"trainer.batch_size={tc.batch_size} (the global batch) must be a "
                           f"multiple of the {d.world} process(es) x trainer.accumulate="
                           f"{tc.accumulate} and at most the {train_size} training examples")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    # One process (group) per run folder: a second launch of the same run stops here.
-    with RunLock(run_dir) if d.main else nullcontext(), Preemption() as preemption:
-        return train_in(cfg, d, device, manifest, run_name, run_dir, preemption)
 
 
-def train_in(cfg: Config, d: distributed.Dist, device: torch.device, manifest: dict[str, Any],
-             run_name: str, run_dir: Path, preemption: Preemption) -> dict[str, Any]:
-    """`train` once the run folder is chosen and locked; SIGTERM/SIGUSR1 (`preemption`) stop
-    it at a step boundary with a checkpoint."""
-    tc = cfg.trainer
-    train_size = manifest["splits"]["train"]["size"]
-    summary_path = run_dir / "summary.json"
-    if tc.resume and summary_path.exists():
-        log.info("%s is already complete; skipping (trainer.resume=false reruns it)", run_dir)
-        distributed.shutdown()
-        return read_summary(summary_path)
-    if d.main:
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        log.info("run folder: %s", run_dir)
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    data = load_task_data(cfg.task.name, cfg.data, manifest)
+def data_parallel(model: torch.nn.Module, d: distributed.Dist, device: torch.device
+                  ) -> torch.nn.Module:
+    """The module the training step calls: DDP (which averages gradients over processes) under
+    torchrun, else the model itself. Evaluation and checkpoints use the plain model."""
+    if d.world == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[d.local_rank]
+                                   if device.type == "cuda" else None)
 
-    # The model (and any random features, hashes or blocks it draws) is the same on every rank.
-    seed_everything(cfg.seed)
-    model = build_model(cfg, manifest).to(device)
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
-                                  eps=tc.eps, weight_decay=tc.weight_decay)
-    warmup = tc.warmup_steps
-    # rsqrt keeps a warmup longer than the run: the original LRA's Retrieval config has one.
-    if warmup >= tc.max_steps and tc.schedule != "rsqrt":
-        warmup = max(1, tc.max_steps // 10)
-        log.warning("trainer.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps",
-                    tc.warmup_steps, tc.max_steps, warmup)
-    scheduler = schedules.build(optimizer, tc.schedule, warmup, tc.max_steps)
-    dtype = amp_dtype(tc, device)
-    # fp16 needs loss scaling (its gradients underflow); a disabled scaler passes through.
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
-    def checkpoint() -> dict[str, Any]:
-        """What last.pt holds to resume at `step` (the RNG is reseeded from the step)."""
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "step": step, "totals": totals, "best_dev": best_dev}
+def train_step(learner: Learner, ddp: torch.nn.Module, batch: tuple[torch.Tensor, ...],
+               memory: PeakMemory | None, clock: StepClock) -> tuple[torch.Tensor, float]:
+    """One optimizer step on this process's share of the global batch; returns its loss and lr.
+    With `memory` the step measures its peak memory, else it is timed (see MEMORY_STEPS)."""
+    start = time.perf_counter()
+    with memory if memory is not None else nullcontext():
+        learner.optimizer.zero_grad(set_to_none=True)
+        loss = accumulated_backward(ddp, batch, learner.tc.accumulate, learner.autocast,
+                                    learner.scaler)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{learner.name}: loss became {loss.item()} at step "
+                                     f"{learner.step}")
+        lr = optimizer_step(learner.model, learner.optimizer, learner.scaler, learner.scheduler,
+                            learner.tc.grad_clip)
+        if batch[0].device.type == "cuda":
+            torch.cuda.synchronize(batch[0].device)
+    totals = learner.totals
+    if memory is not None:
+        totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
+    else:
+        seconds = time.perf_counter() - start
+        totals["train_time"] += seconds
+        clock.tick(seconds)
+        totals["timed_steps"] += 1
+        totals["real_tokens"] += int(batch[1].sum())  # the mask's true positions
+    learner.step += 1
+    return loss, lr
 
-    def autocast():
-        if dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=dtype)
 
-    # Progress and the measurements of the whole run (kept in last.pt across resumes).
-    step, best_dev = 0, -1.0
-    totals = {"train_time": 0.0, "timed_steps": 0, "real_tokens": 0, "peak_memory_mb": 0.0}
-    metrics_path, last_path, best_path = (run_dir / n for n in ("metrics.jsonl", "last.pt",
-                                                                 "best.pt"))
-    if tc.resume and last_path.exists():
-        state = load_checkpoint(last_path, device, full=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        step, totals = state["step"], state["totals"]
-        # best.pt is written before last.pt, so it holds the best dev accuracy seen so far
-        # (last.pt records it too, since a preempted run may have no best.pt yet).
-        best_dev = state["best_dev"] if "best_dev" in state else load_checkpoint(
-            best_path, torch.device("cpu"), full=False)["dev_accuracy"]
-        if d.main:  # evaluations after the checkpoint are redone: drop their lines
-            atomic_write_text(metrics_path, "".join(
-                line + "\n" for line in metrics_lines(metrics_path) if line_step(line) <= step))
-        log.info("resumed %s at step %d (best dev %.4f)", run_dir, step, best_dev)
-    elif d.main and metrics_path.exists():
-        metrics_path.unlink()  # a fresh start owns its metrics log
+def evaluate_and_save(learner: Learner, evaluate: Evaluator, loss: torch.Tensor, lr: float,
+                      run: RunFolder, logger: Logger) -> None:
+    """The dev evaluation after `learner.step`, then its metrics line and checkpoints (best.pt
+    when it is the best yet, last.pt), on every process together."""
+    dev_acc = evaluate(learner.model, "val", learner.tc.eval_batches)
+    record = {"step": learner.step, "loss": loss.item(), "lr": lr, "dev_accuracy": dev_acc}
+    best = None
+    if dev_acc > learner.best_dev:
+        best = {"model": learner.model.state_dict(), "step": learner.step,
+                "dev_accuracy": dev_acc}
+    learner.best_dev = max(learner.best_dev, dev_acc)
+    run.evaluated(record, learner.state_dict(), best)
+    logger.log(record, learner.step)
+    evaluate.d.barrier()
 
-    # DDP averages gradients over processes; evaluation and checkpoints use the plain module.
-    ddp = model
-    if d.world > 1:
-        ddp = DistributedDataParallel(model, device_ids=[d.local_rank]
-                                      if device.type == "cuda" else None)
-    batches = distributed.StepBatches(train_size, tc.batch_size, cfg.seed, step, d)
-    train_batches = iter(data.train_loader(batches, cfg.data))
-    evaluate = Evaluator(data, cfg, d, device, autocast)
-    logger = Logger(cfg, run_name, run_dir, enabled=d.main)
 
-    # The first MEMORY_STEPS steps of each process measure peak memory (lra.memory), the
-    # others are timed: counting CPU memory slows every op, and the first steps hold one-off
-    # set-up work (lazy optimizer state, kernel selection) that is no step time.
-    memory = PeakMemory(device)
-    first_step = step
-    model.train()
-    bar = tqdm(total=tc.max_steps, initial=step, desc=run_name, file=sys.stderr,
-               disable=not (tc.progress and d.main), dynamic_ncols=True)
-    clock = StepClock(step, tc.max_steps, tc.eval_every, on_cpu=device.type == "cpu",
-                      enabled=d.main)
-    while step < tc.max_steps:
-        distributed.reseed(cfg.seed, d.rank, step)  # dropout: resumable at any step boundary
-        batch = tuple(t.to(device) for t in next(train_batches))
-        mask = batch[1]
-        measured = step - first_step < MEMORY_STEPS
-        start = time.perf_counter()
-        with memory if measured else nullcontext():
-            optimizer.zero_grad(set_to_none=True)
-            loss = accumulated_backward(ddp, batch, tc.accumulate, autocast, scaler)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{run_name}: loss became {loss.item()} at step {step}")
-            lr = optimizer_step(model, optimizer, scaler, scheduler, tc.grad_clip)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        if measured:
-            totals["peak_memory_mb"] = max(totals["peak_memory_mb"], memory.peak_mb())
-        else:
-            seconds = time.perf_counter() - start
-            totals["train_time"] += seconds
-            clock.tick(seconds)
-            totals["timed_steps"] += 1
-            totals["real_tokens"] += int(mask.sum())
-        step += 1
-        bar.update(1)
-
-        if step % tc.eval_every == 0 or step == tc.max_steps:
-            dev_acc = evaluate(model, "val", tc.eval_batches)
-            if d.main:
-                record = {"step": step, "loss": loss.item(), "lr": lr,
-                          "dev_accuracy": dev_acc}
-                append_jsonl(metrics_path, record)
-                logger.log(record, step)
-                if dev_acc > best_dev:
-                    save_checkpoint(best_path, {"model": model.state_dict(), "step": step,
-                                                "dev_accuracy": dev_acc})
-            best_dev = max(best_dev, dev_acc)
-            if d.main:
-                save_checkpoint(last_path, checkpoint())
-            d.barrier()
-        bar.set_postfix(loss=f"{loss.item():.3f}",
-                        best_dev="-" if best_dev < 0 else f"{best_dev:.3f}")  # "-": not evaluated
-        if preemption.requested(d, device) and step < tc.max_steps:
-            if d.main:
-                save_checkpoint(last_path, checkpoint())
-            d.barrier()
-            preemption.pass_on()
-    bar.close()
-
-    model.load_state_dict(load_checkpoint(best_path, device, full=False)["model"])
-    test_acc = evaluate(model, "test")
+def summarize(cfg: Config, manifest: dict[str, Any], learner: Learner, evaluate: Evaluator,
+              memory: PeakMemory, run: RunFolder) -> dict[str, Any]:
+    """The run's summary.json: the test accuracy of the model in place (the best one) and the
+    measurements of the whole run."""
+    d, device, totals = evaluate.d, evaluate.device, learner.totals
     [real_tokens] = d.sum([totals["real_tokens"]], device)
-    train_labels = np.asarray(data.splits["train"].split.labels)
-    test_labels = np.asarray(data.splits["test"].split.labels)
-    majority = int(np.bincount(train_labels).argmax())
     train_time = totals["train_time"]
-    summary = {
+    return {
         "task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
         "device": str(device), "data": cfg.data.name, "mini": bool(manifest["mini"]),
-        "params": params, "steps": step, "best_dev_accuracy": best_dev,
-        "test_accuracy": test_acc, "majority_accuracy": float(np.mean(test_labels == majority)),
+        "params": sum(p.numel() for p in learner.model.parameters()), "steps": learner.step,
+        "best_dev_accuracy": learner.best_dev, "test_accuracy": evaluate(learner.model, "test"),
+        "majority_accuracy": evaluate.majority_accuracy(),
         "peak_memory_mb": totals["peak_memory_mb"],
         "step_time_ms": (1000 * train_time / totals["timed_steps"] if totals["timed_steps"]
                          else None),
         "tokens_per_s": real_tokens / train_time if train_time > 0 else None,
         "peak_memory_kind": f"{memory.kind}: peak growth in one training step (per process)",
-        "kernel_backend": kernel_backend(model),
+        "kernel_backend": kernel_backend(learner.model),
         "world_size": d.world, "attention_options": dict(cfg.attention.options),
         "data_digest": manifest_digest(manifest), "tag": cfg.tag, "protocol": cfg.protocol,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
     }
-    check_summary(summary)
-    if d.main:
-        write_json(summary_path, summary)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Run one training job end to end and return its summary. SIGTERM/SIGUSR1 stop it at a step
+    boundary with a checkpoint (lra.preemption); the same call then resumes it."""
+    tc = cfg.trainer
+    d = distributed.init_from_env(use_cuda=tc.device != "cpu" and torch.cuda.is_available())
+    device = pick_device(tc.device, d.local_rank)
+    manifest = shared_manifest(cfg, d)
+    train_size = manifest["splits"]["train"]["size"]
+    check_batch_size(tc, d, train_size)
+    run = RunFolder.of(cfg, manifest_digest(manifest), writer=d.main)
+    # One process (group) per run folder: a second launch of the same run stops here.
+    with run.lock(), Preemption() as preemption:
+        if tc.resume and (finished := run.finished()) is not None:
+            log.info("%s is already complete; skipping (trainer.resume=false reruns it)",
+                     run.path)
+            distributed.shutdown()
+            return finished
+        state = run.start(cfg, device, resume=tc.resume)
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        data = load_task_data(cfg.task.name, cfg.data, manifest)
+        learner = Learner(cfg, manifest, device, run.name)
+        if state is not None:
+            learner.load_state_dict(state)
+        ddp = data_parallel(learner.model, d, device)
+        batches = iter(data.train_loader(sampling.StepBatches(
+            train_size, tc.batch_size, cfg.seed, learner.step, d), cfg.data))
+        evaluate = Evaluator(data, cfg, d, device, learner.autocast)
+        logger = Logger(cfg, run.name, run.path, enabled=d.main)
+        memory, first_step = PeakMemory(device), learner.step
+        bar = tqdm(total=tc.max_steps, initial=learner.step, desc=run.name, file=sys.stderr,
+                   disable=not (tc.progress and d.main), dynamic_ncols=True)
+        clock = StepClock(learner.step, tc.max_steps, tc.eval_every,
+                          on_cpu=device.type == "cpu", enabled=d.main)
+        learner.model.train()
+        while learner.step < tc.max_steps:
+            sampling.reseed(cfg.seed, d.rank, learner.step)  # dropout: resumable at any step
+            batch = tuple(t.to(device) for t in next(batches))
+            measured = learner.step - first_step < MEMORY_STEPS
+            loss, lr = train_step(learner, ddp, batch, memory if measured else None, clock)
+            bar.update(1)
+            if learner.step % tc.eval_every == 0 or learner.step == tc.max_steps:
+                evaluate_and_save(learner, evaluate, loss, lr, run, logger)
+            bar.set_postfix(loss=f"{loss.item():.3f}", best_dev="-" if learner.best_dev < 0
+                            else f"{learner.best_dev:.3f}")  # "-": not evaluated yet
+            if preemption.requested(d, device) and learner.step < tc.max_steps:
+                run.checkpoint(learner.state_dict())
+                d.barrier()
+                preemption.pass_on()
+        bar.close()
+        learner.model.load_state_dict(run.best_checkpoint(device)["model"])
+        summary = summarize(cfg, manifest, learner, evaluate, memory, run)
+        run.finish(summary)
         logger.finish(summary)
-        log.info("%s: test accuracy %.4f (majority %.4f), best dev %.4f", run_name, test_acc,
-                 summary["majority_accuracy"], best_dev)
     distributed.shutdown()
     return summary
 

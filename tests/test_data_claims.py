@@ -12,7 +12,8 @@ import torch
 
 from data_prep.cache import DataError, Split, write_task
 from lra.data import DataConfig, load_task_data, prepare_manifest
-from lra.distributed import Dist, Shard, StepBatches
+from lra.distributed import Dist
+from lra.sampling import Shard, StepBatches
 
 # Two examples of 6 tokens in a max_len 8 cache, with 0 tokens inside them (black pixels).
 TOKENS = np.array([[3, 0, 5, 0, 7, 9, 0, 0], [0, 0, 1, 2, 3, 4, 0, 0]], dtype=np.uint8)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from lra import cli, results
+from lra import run as run_module
 from lra import train as train_module
 from lra.config import load_config
 from tests.test_configs import composed
@@ -74,7 +75,7 @@ def test_no_space_for_the_metrics_line_is_one_line(tiny_data_root, tmp_path, cap
     def no_space(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(train_module, "append_jsonl", no_space)
+    monkeypatch.setattr(run_module, "append_jsonl", no_space)
     line = fails(tiny_run(tiny_data_root, tmp_path, "trainer.max_steps=2"), capsys)
     assert "metrics.jsonl: no space left on the device" in line
 

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from lra.runlock import RunLock, RunLocked
+from lra.run import RunLock, RunLocked
 from tests.conftest import ROOT
 
-HOLD = ("import sys, time; from lra.runlock import RunLock\n"
+HOLD = ("import sys, time; from lra.run import RunLock\n"
         "with RunLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
 
 

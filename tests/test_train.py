@@ -231,7 +231,7 @@ def test_rebuilt_data_is_a_new_run_not_a_skip(tmp_path):
 
 
 def test_a_metrics_line_cut_by_a_kill_is_dropped_on_resume():
-    from lra.train import line_step
+    from lra.run import line_step
 
     assert line_step('{"step": 5, "dev_accuracy": 0.5}') == 5
     assert line_step('{"step": 10, "dev_acc') == float("inf")

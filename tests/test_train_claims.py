@@ -19,9 +19,10 @@ import torch
 from omegaconf import OmegaConf
 
 import lra.train
-from lra import distributed
+from lra import distributed, sampling
 from lra.config import NOT_FINGERPRINTED, Config, fingerprint, load_config
 from lra.memory import PeakMemory
+from lra.run import RunFolder
 from tests.test_configs import composed
 
 EVALUATION_S = 3600.0  # fake seconds that one evaluation takes
@@ -79,8 +80,8 @@ def test_step_time_excludes_evaluation_and_tokens_are_the_real_ones(tiny_data_ro
     summary = lra.train.train(cfg)
     assert summary["step_time_ms"] == pytest.approx(1.0, rel=1e-6)
     lengths = np.load(tiny_data_root / "listops" / "train.lengths.npy")
-    batches = list(zip(distributed.StepBatches(len(lengths), 16, cfg.seed, 0,
-                                               distributed.Dist()), range(steps), strict=False))
+    batches = list(zip(sampling.StepBatches(len(lengths), 16, cfg.seed, 0,
+                                            distributed.Dist()), range(steps), strict=False))
     timed = batches[lra.train.MEMORY_STEPS:]
     real = sum(int(lengths[b].sum()) for b, _ in timed)
     assert real < 0.7 * len(timed) * 16 * 64  # the check below tells real from padded tokens
@@ -205,7 +206,7 @@ def test_every_setting_but_the_bookkeeping_ones_enters_the_fingerprint(tmp_path)
         assert (other == base) == (key in NOT_RESULTS), key
     assert fingerprint(cfg, "other digest") != base
     # The run folder also names the data, the tag and the seed in clear.
-    name, folder = lra.train.run_folder(cfg, "digest")
+    folder = RunFolder.of(cfg, "digest").path
     assert folder == Path(tmp_path) / "mini" / "default" / f"listops-softmax-s0-{base}"
 
 

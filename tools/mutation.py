@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ["attention_zoo/*", "lra/train.py", "lra/model.py", "lra/data.py", "lra/distributed.py",
-        "data_prep/cache.py"]
+CORE = ["attention_zoo/*", "lra/train.py", "lra/model.py", "lra/data.py", "lra/sampling.py",
+        "lra/distributed.py", "data_prep/cache.py"]
 PACKAGES = ["attention_zoo", "lra", "data_prep", "kernels"]
 
 
