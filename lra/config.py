@@ -46,8 +46,6 @@ from .schedules import Schedule
 
 log = logging.getLogger("lra.config")
 
-__all__ = ["Config", "ConfigError", "did_you_mean", "fingerprint", "load_config"]
-
 
 @dataclass
 class TaskConfig:
