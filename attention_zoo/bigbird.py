@@ -43,7 +43,7 @@ class BigBirdOptions:
     redraw_every: int | None = 1
     seed: int | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("bigbird", self, nullable=("redraw_every", "seed"), block_size=1,
                      num_random=0, window_blocks=1, redraw_every=1, seed=0)
         if self.window_blocks % 2 == 0:

@@ -49,8 +49,8 @@ class ConvOptions:
 
     conv_kernel: int = 33  # the MRA paper's LRA comparison
 
-    def validate(self) -> None:
-        base = getattr(super(), "validate", None)
+    def __post_init__(self) -> None:
+        base = getattr(super(), "__post_init__", None)
         if base is not None:
             base()
         name = type(self).__name__

@@ -74,7 +74,7 @@ def level_attention(
 class HTransformer1dOptions:
     block_size: int = 16
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("h_transformer_1d", self, block_size=2)
         if self.block_size % 2:
             raise AttentionError(

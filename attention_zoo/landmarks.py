@@ -26,7 +26,7 @@ class LandmarkOptions:
     num_landmarks: int = 64
     pinv_iterations: int = 6
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints(type(self).__name__, self, num_landmarks=1, pinv_iterations=0)
 
 

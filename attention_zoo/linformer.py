@@ -17,12 +17,25 @@ Protocol options, defaults as in the code the MRA comparison ran:
 from __future__ import annotations
 
 import dataclasses
+import enum
 
 import torch
 from torch import nn
 
 from .masking import masked_softmax
-from .registry import Attention, AttentionError, register_attention, require_choice, require_ints
+from .registry import (
+    Attention,
+    AttentionError,
+    Choice,
+    register_attention,
+    require_choice,
+    require_ints,
+)
+
+
+class Init(Choice):
+    gaussian = enum.auto()  # published: randn / sqrt(proj_len)
+    pooling = enum.auto()  # segment means
 
 
 @dataclasses.dataclass
@@ -33,12 +46,12 @@ class LinformerOptions:
     """
 
     proj_len: int = 256
-    init: str = "gaussian"
+    init: Init = Init.gaussian
     share_across_layers: bool = True
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("linformer", self, proj_len=1)
-        require_choice("linformer", self, init=("gaussian", "pooling"))
+        require_choice("linformer", self, init=Init)
         if not isinstance(self.share_across_layers, bool):
             raise AttentionError(f"linformer: share_across_layers must be true or false, "
                                  f"got {self.share_across_layers!r}")

@@ -36,7 +36,7 @@ class LongformerOptions:
     num_global: int = 1
     dropout: float = 0.1
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("longformer", self, window=0, num_global=0)
         require_probability("longformer", self, "dropout")
 

@@ -30,6 +30,7 @@ max, takes any head_dim, selects exactly the budget with ties broken by lowest f
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from typing import ClassVar
 
@@ -43,14 +44,19 @@ from .masking import neg_inf, pad_all_to_multiple
 from .registry import (
     Attention,
     AttentionError,
-    check_backend,
+    Backend,
+    Choice,
     register_attention,
     require_choice,
     require_ints,
 )
 
-# What the exact-block budget is sized from (see the module docstring).
-BUDGET_FROM = ("max_seq_len", "real_length")
+
+class BudgetFrom(Choice):
+    """What the exact-block budget is sized from (see the module docstring)."""
+
+    max_seq_len = enum.auto()
+    real_length = enum.auto()
 
 
 @dataclasses.dataclass
@@ -79,14 +85,13 @@ class MraOptions:
     initial_prior_first_n_blocks: int = 0
     initial_prior_diagonal_n_blocks: int = 0
     input_shape: list[int] | None = None
-    backend: str = "auto"
-    budget_from: str = "max_seq_len"
+    backend: Backend = Backend.auto
+    budget_from: BudgetFrom = BudgetFrom.max_seq_len
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("mra", self, block_size=1, block_per_row=1, initial_prior_first_n_blocks=0,
                      initial_prior_diagonal_n_blocks=0)
-        check_backend("mra", self.backend)
-        require_choice("mra", self, budget_from=BUDGET_FROM)
+        require_choice("mra", self, backend=Backend, budget_from=BudgetFrom)
         if self.input_shape is not None:
             grid = list(self.input_shape)
             if len(grid) != 2 or not all(

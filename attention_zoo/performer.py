@@ -13,15 +13,19 @@ phi = 0 (the harness zeroed k, and phi(0) != 0 kept them in the denominator).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 import torch
 
 from .draws import module_seed
 from .random_features import RandomFeatures
-from .registry import Attention, register_attention, require_choice, require_ints
+from .registry import Attention, Choice, register_attention, require_choice, require_ints
 
-FEATURE_MAPS = ("positive", "hyperbolic")
+
+class FeatureMap(Choice):
+    positive = enum.auto()
+    hyperbolic = enum.auto()  # the cosh map
 
 
 @dataclasses.dataclass
@@ -36,14 +40,14 @@ class PerformerOptions:
     """
 
     num_features: int | None = 256
-    feature_map: str = "positive"
+    feature_map: FeatureMap = FeatureMap.positive
     redraw_every: int | None = None
     seed: int | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("performer", self, nullable=("num_features", "redraw_every", "seed"),
                      num_features=1, redraw_every=1, seed=0)
-        require_choice("performer", self, feature_map=FEATURE_MAPS)
+        require_choice("performer", self, feature_map=FeatureMap)
 
 
 def default_feature_count(head_dim: int) -> int:

@@ -30,6 +30,7 @@ here the first chunk of every round has no previous chunk (DEVIATIONS.md).
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import ClassVar
 
 import torch
@@ -40,6 +41,7 @@ from .masking import neg_inf, pad_all_to_multiple
 from .registry import (
     Attention,
     AttentionError,
+    Choice,
     register_attention,
     require_choice,
     require_ints,
@@ -48,6 +50,11 @@ from .registry import (
 # The logit of a token for itself: far below any real logit (|q . k| <= |q| with unit keys),
 # far above the padding logit `neg_inf`, so self wins only over padding (as in the published code).
 SELF_LOGIT = -1e5
+
+
+class BucketsFrom(Choice):
+    max_seq_len = enum.auto()  # published: one count for the model
+    real_length = enum.auto()  # each example's own count
 
 
 @dataclasses.dataclass
@@ -67,14 +74,14 @@ class ReformerOptions:
     num_hashes: int = 2
     chunk_size: int = 64
     num_buckets: int | None = None
-    buckets_from: str = "max_seq_len"
+    buckets_from: BucketsFrom = BucketsFrom.max_seq_len
     redraw_every: int | None = 1
     seed: int | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("reformer", self, nullable=("num_buckets", "redraw_every", "seed"),
                      num_hashes=1, chunk_size=1, num_buckets=2, redraw_every=1, seed=0)
-        require_choice("reformer", self, buckets_from=("max_seq_len", "real_length"))
+        require_choice("reformer", self, buckets_from=BucketsFrom)
         if self.num_buckets is not None and self.num_buckets % 2:
             raise AttentionError(
                 f"reformer: num_buckets must be even (argmax over [xR; -xR]), "

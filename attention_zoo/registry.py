@@ -1,10 +1,14 @@
 """The attention interface and the name registry.
 
-Every attention in the zoo is an `Attention` subclass registered with a dataclass of its options:
+Every attention in the zoo is an `Attention` subclass registered with a dataclass of its options,
+which checks its values in `__post_init__` (so a bad value fails wherever the options are built):
 
     @dataclass
     class MyOptions:
         window: int = 64
+
+        def __post_init__(self):
+            require_ints("my_attention", self, window=1)
 
     @register_attention("my_attention", MyOptions)
     class MyAttention(Attention):
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 from typing import Any, ClassVar
 
 import torch
@@ -150,9 +155,33 @@ class Attention(nn.Module):
         return f"heads={self.num_heads}, head_dim={self.head_dim}, {opts}".rstrip(", ")
 
 
+class Choice(str, enum.Enum):
+    """An option with fixed choices: a str enumeration whose members are named as their values,
+    so a YAML or command-line string is the member (OmegaConf looks members up by name) and a
+    member prints, compares and serialises as its plain string.
+
+        class Init(Choice):
+            gaussian = enum.auto()
+            pooling = enum.auto()
+    """
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last_values: list) -> str:
+        return name
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+Backend = Choice("Backend", BACKENDS)  # a kernel family's backend (kernels.backend)
+
+
 def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest: int) -> None:
-    """For an options dataclass's `validate`: raise AttentionError unless each named option is an
-    int >= its lowest allowed value (or None, for the options listed in `nullable`)."""
+    """For an options dataclass's `__post_init__`: raise AttentionError unless each named option
+    is an int >= its lowest allowed value (or None, for the options listed in `nullable`)."""
     for key, low in lowest.items():
         value = getattr(options, key)
         if value is None and key in nullable:
@@ -163,29 +192,23 @@ def require_ints(name: str, options, *, nullable: tuple[str, ...] = (), **lowest
 
 
 def require_probability(name: str, options, *keys: str) -> None:
-    """For an options dataclass's `validate`: raise AttentionError unless each named option is
-    a number in [0, 1) (a dropout rate)."""
+    """For an options dataclass's `__post_init__`: raise AttentionError unless each named option
+    is a number in [0, 1) (a dropout rate)."""
     for key in keys:
         value = getattr(options, key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
             raise AttentionError(f"{name}: {key} must be a number in [0, 1), got {value!r}")
 
 
-def require_choice(name: str, options, **choices: tuple[str, ...]) -> None:
-    """For an options dataclass's `validate`: raise AttentionError unless each named option is
-    one of its allowed strings."""
+def require_choice(name: str, options, **choices: type[Choice]) -> None:
+    """For an options dataclass's `__post_init__`: raise AttentionError unless each named option
+    is one of its Choice's values; a plain string becomes the member."""
     for key, allowed in choices.items():
         value = getattr(options, key)
-        if value not in allowed:
+        if value not in allowed.__members__.values():
             raise AttentionError(f"{name}: {key} must be one of {', '.join(allowed)}, "
                                  f"got {value!r}")
-
-
-def check_backend(name: str, backend: str) -> None:
-    """For a kernel-backed attention's `validate`: `backend` is one of kernels.backend.BACKENDS."""
-    if backend not in BACKENDS:
-        raise AttentionError(f"{name}: backend must be one of {', '.join(BACKENDS)}, "
-                             f"got {backend!r}")
+        setattr(options, key, allowed(value))
 
 
 _REGISTRY: dict[str, tuple[type[Attention], type]] = {}
@@ -230,7 +253,8 @@ def _lookup(name: str) -> tuple[type[Attention], type]:
 
 
 def make_options(name: str, **options: Any):
-    """Build the options dataclass of `name`; unknown keys fail with the valid ones listed."""
+    """Build the options dataclass of `name`; unknown keys fail with the valid ones listed, bad
+    values with the option named (the dataclass's `__post_init__`)."""
     options_cls = options_class(name)
     fields = {f.name for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(options) - fields)
@@ -242,11 +266,7 @@ def make_options(name: str, **options: Any):
             f"attention {name!r} has no option(s) {', '.join(unknown)}.{hint} "
             f"Valid options: {valid}"
         )
-    opts = options_cls(**options)
-    validate = getattr(opts, "validate", None)
-    if validate is not None:
-        validate()
-    return opts
+    return options_cls(**options)  # its __post_init__ checks the values
 
 
 def build_attention(

@@ -27,7 +27,7 @@ import torch
 
 from .local import Band
 from .masking import neg_inf
-from .performer import PerformerAttention, PerformerOptions, linear_attention
+from .performer import FeatureMap, PerformerAttention, PerformerOptions, linear_attention
 from .registry import register_attention, require_ints
 
 
@@ -42,11 +42,11 @@ class ScatterbrainOptions(PerformerOptions):
     """
 
     num_features: int | None = None
-    feature_map: str = "hyperbolic"
+    feature_map: FeatureMap = FeatureMap.hyperbolic
     window: int = 64
 
-    def validate(self) -> None:
-        super().validate()
+    def __post_init__(self) -> None:
+        super().__post_init__()
         require_ints("scatterbrain", self, window=0)
 
 

@@ -28,7 +28,7 @@ class SoftmaxOptions:
 
     dropout: float = 0.1
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_probability("softmax", self, "dropout")
 
 

@@ -60,6 +60,7 @@ Padding: padded keys go to the trash bucket 2^tau that no query reads and padded
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import torch
@@ -73,13 +74,25 @@ from .masking import row_mask
 from .registry import (
     Attention,
     AttentionError,
-    check_backend,
+    Backend,
+    Choice,
     register_attention,
+    require_choice,
     require_ints,
 )
 
-HASHES = ("hadamard", "gaussian")
-REDRAWS = ("every_forward", "training_steps")
+
+class Hash(Choice):
+    hadamard = enum.auto()  # published: H D3 H D2 H D1
+    gaussian = enum.auto()  # independent hyperplanes
+
+
+class Redraw(Choice):
+    every_forward = enum.auto()  # published, eval included
+    training_steps = enum.auto()  # eval keeps the last training draw
+
+
+Estimator = Choice("Estimator", ESTIMATORS)  # the q/k gradient (kernels.lsh)
 
 
 def sylvester(p: int) -> torch.Tensor:
@@ -124,23 +137,20 @@ class YosoOptions:
     # Per example, tau <= ceil(log2(real length)) + tau_slack; None = the paper's fixed tau.
     tau_slack: int | None = 2
     seed: int | None = None  # None: drawn from the global RNG at construction
-    hash: str = "hadamard"  # hyperplanes: "hadamard" published (H D3 H D2 H D1), "gaussian"
-    redraw: str = "every_forward"  # published, eval included; "training_steps": eval keeps
-    backward: str = "v2"  # q/k gradient estimator: "v2" published, "v1" the paper's (tau / 2) B
+    hash: Hash = Hash.hadamard  # the hyperplanes
+    redraw: Redraw = Redraw.every_forward
+    backward: Estimator = Estimator.v2  # "v2" published, "v1" the paper's (tau / 2) B
     # v2: at most this many keys per query (the published workspace); None: every colliding key
     backward_slots: int | None = V2_SLOTS
-    backend: str = "auto"  # kernels.lsh backend: auto, cpp or reference
+    backend: Backend = Backend.auto  # kernels.lsh backend: auto, cpp or reference
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require_ints("yoso", self, nullable=("tau_slack", "seed", "backward_slots"), num_hash=1,
                      tau=1, tau_slack=0, seed=0, backward_slots=1)
         if self.tau > 24:
             raise AttentionError(f"yoso: tau must be <= 24 (2^tau buckets), got {self.tau}")
-        for key, allowed in (("backward", ESTIMATORS), ("hash", HASHES), ("redraw", REDRAWS)):
-            if getattr(self, key) not in allowed:
-                raise AttentionError(f"yoso: {key} must be one of {', '.join(allowed)}, got "
-                                     f"{getattr(self, key)!r}")
-        check_backend("yoso", self.backend)
+        require_choice("yoso", self, backward=Estimator, hash=Hash, redraw=Redraw,
+                       backend=Backend)
 
 
 @register_attention("yoso", YosoOptions)

@@ -1,38 +1,50 @@
-"""The typed config tree behind `conf/`, and its validation.
+"""The typed config tree behind `conf/`: the dataclasses are the one source of every default.
 
-Hydra composes `conf/`; `load_config` merges the result onto these dataclasses (a wrong key or type
-fails with its full key named) and then checks values (a bad value fails with the key, the value
-and the allowed range). Attention options are checked against the attention's own dataclass.
-Everything fails before any data is read or any step is trained.
+`register_schemas` (run on import) puts the defaults of `Config` and of every attention's options
+dataclass in Hydra's ConfigStore, and conf/config.yaml composes them first, so a YAML file under
+conf/ holds only what differs from them. `load_config` then types the composed tree by these
+dataclasses (a wrong key or type fails with its full key named), each dataclass checks its own
+values in `__post_init__` (a bad value fails with the key, the value and the allowed range), and
+what is left here are the checks that span sections and the run's fingerprint. Everything fails
+before any data is read or any step is trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import enum
 import hashlib
 import json
 import logging
 import math
 import re
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from attention_zoo import AttentionError, make_options
+from attention_zoo import AttentionError, list_attentions, make_options, options_class
+from attention_zoo.registry import Choice
 
+from .checks import (
+    ConfigError,
+    at_least_one_or_null,
+    choice,
+    did_you_mean,
+    non_negative,
+    not_one_of,
+    positive,
+)
 from .data import DataConfig
-from .model import ACTIVATIONS, POOLINGS, AttentionSpec, ModelConfig
-from .schedules import SCHEDULES
+from .model import AttentionSpec, ModelConfig
+from .schedules import Schedule
 
 log = logging.getLogger("lra.config")
-
-
-class ConfigError(ValueError):
-    """A config key or value that cannot work. The message names the key."""
 
 
 @dataclass
@@ -46,6 +58,20 @@ class TaskConfig:
     warmup_steps: int = 1000
     max_steps: int = 5000
     eval_every: int = 50
+
+    def __post_init__(self) -> None:
+        positive("task", self, "num_classes", "max_len")
+
+
+class AmpDtype(Choice):
+    fp16 = enum.auto()  # with a gradient scaler (the published harness)
+    bf16 = enum.auto()
+
+
+class Device(Choice):
+    auto = enum.auto()  # CUDA when present
+    cpu = enum.auto()
+    cuda = enum.auto()
 
 
 @dataclass
@@ -63,25 +89,53 @@ class TrainerConfig:
     # over warmup_steps, then linearly down to lr/25e4; Adam's beta1 cycles betas[0]+0.05 ->
     # betas[0]-0.05 -> back, i.e. 0.95 -> 0.85 -> 0.95); "linear": linear warmup from lr/warmup,
     # linear decay to 0, betas fixed; "rsqrt" and "cosine": the original LRA's (lra/schedules.py).
-    schedule: str = "onecycle"
+    schedule: Schedule = Schedule.onecycle
     grad_clip: float = 0.0  # max gradient norm; 0 (the published harness) disables clipping
     # Micro-batches per optimiser step: batch_size stays the global batch, each process runs
     # batch_size / (processes * accumulate) examples at a time, so a small GPU runs the protocol.
     accumulate: int = 1
     amp: bool = True  # mixed precision on CUDA (model.attention_fp32 keeps attention in fp32)
-    amp_dtype: str = "fp16"  # fp16 with a gradient scaler (published harness), or bf16
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda
+    amp_dtype: AmpDtype = AmpDtype.fp16
+    device: Device = Device.auto
     resume: bool = True  # pick up a run folder's last checkpoint; skip a finished run
     progress: bool = True  # tqdm bar
     num_threads: int | None = None  # torch CPU threads (None = torch's default)
 
+    def __post_init__(self) -> None:
+        positive("trainer", self, "max_steps", "batch_size", "eval_every", "accumulate", "lr",
+                 "eps")
+        non_negative("trainer", self, "warmup_steps", "weight_decay", "grad_clip")
+        at_least_one_or_null("trainer", self, "eval_batches", "num_threads")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"trainer.betas={self.betas!r} must be two numbers in [0, 1)")
+        choice("trainer", self, schedule=Schedule, amp_dtype=AmpDtype, device=Device)
+
+
+class LoggerName(Choice):
+    none = enum.auto()
+    wandb = enum.auto()
+
+
+class LoggerMode(Choice):
+    online = enum.auto()
+    offline = enum.auto()
+
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none or wandb
+    name: LoggerName = LoggerName.none
     project: str = "lra-zoo"
     group: str | None = None  # defaults to the sweep's tag
-    mode: str | None = None  # online/offline; None = online only if an API key is configured
+    mode: LoggerMode | None = None  # None = online only if an API key is configured
+
+    def __post_init__(self) -> None:
+        choice("logger", self, nullable=("mode",), name=LoggerName, mode=LoggerMode)
+
+
+# numpy's global RNG takes seeds in [0, 2^32); torch and `random` take more.
+SEED_RANGE = (0, 2**32 - 1)
+# A tag is one folder under <runs_dir>/<data.name>/: no separator, no "." or "..", not hidden.
+SAFE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
 
 
 @dataclass
@@ -97,34 +151,44 @@ class Config:
     tag: str = "default"  # run folders live in <runs_dir>/<data.name>/<tag>/
     runs_dir: str = "results/runs"
 
+    def __post_init__(self) -> None:
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ConfigError(f"seed={self.seed} must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
+                              "(the range numpy's RNG takes)")
+        if not SAFE_TAG.fullmatch(self.tag):
+            raise ConfigError(f"tag={self.tag!r} must be one folder name: up to 100 letters, "
+                              "digits or _ . = + - (no '/', not starting with '.' or '-')")
 
-CHOICES = {
-    "model.pooling": POOLINGS,
-    "model.head_activation": tuple(ACTIVATIONS),
-    "trainer.schedule": SCHEDULES,
-    "trainer.amp_dtype": ("fp16", "bf16"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-    "logger.name": ("none", "wandb"),
-    "data.name": ("mini", "lra"),
-    "data.pad_to": ("max", "batch"),
-    "logger.mode": (None, "online", "offline"),
-}
-POSITIVE = ("task.num_classes", "task.max_len", "trainer.max_steps", "trainer.batch_size",
-            "trainer.eval_every", "trainer.accumulate", "trainer.lr", "trainer.eps", "model.dim",
-            "model.num_layers", "model.num_heads", "model.head_dim", "model.ffn_dim")
-NON_NEGATIVE = ("trainer.warmup_steps", "trainer.weight_decay", "trainer.grad_clip",
-                "data.num_workers")
+
+def _defaults(schema: Any) -> dict:
+    """A dataclass's defaults as plain values (enumerations as their strings)."""
+    return OmegaConf.to_container(OmegaConf.structured(schema), enum_to_str=True)
+
+
+def register_schemas() -> None:
+    """Store `lra_schema` (every key of Config at its default) and `attention_schema/<name>`
+    (the attention's name and every option at its default) in Hydra's ConfigStore; conf/config.yaml
+    composes them under the files of conf/. (The xformers `hydra_helper` pattern: one store entry
+    per registered attention, so a new attention needs no YAML to have its options.)
+
+    They are stored as plain values: `load_config` types the composed tree, so that a wrong key or
+    value in a user's own YAML file fails with the same one-line message, naming it, as on the
+    command line (a typed composition answers it with Hydra's multi-line error, and exit 1)."""
+    store = ConfigStore.instance()
+    store.store(name="lra_schema", node=_defaults(Config))
+    for name in list_attentions():
+        store.store(group="attention_schema", name=name,
+                    node={"name": name, "options": _defaults(options_class(name))})
+
+
+register_schemas()
+
+
 # Keys that do not change what a run computes: left out of the run's fingerprint. (A kernels
 # backend changes only the last bits: its tests hold it to the reference.)
 NOT_FINGERPRINTED = ("logger", "trainer.resume", "trainer.progress", "trainer.device",
                      "data.root", "data.build_missing", "data.verify_checksums",
                      "data.num_workers", "runs_dir", "tag", "protocol", "attention.options.backend")
-
-
-# numpy's global RNG takes seeds in [0, 2^32); torch and `random` take more.
-SEED_RANGE = (0, 2**32 - 1)
-# A tag is one folder under <runs_dir>/<data.name>/: no separator, no "." or "..", not hidden.
-SAFE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
 
 
 def _mra_blocks(max_len: int, options: Any) -> int:
@@ -172,32 +236,27 @@ def schema_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """' (did you mean a or b?)' naming the options closest to `word`, or '' if none is close.
-    A dotted key is matched whole, then by its last part (`lrr` finds `trainer.lr`)."""
-    options = [str(o) for o in options]
-    close = difflib.get_close_matches(word, options, n=3, cutoff=0.8)
-    if not close:
-        leaf = word.rsplit(".", 1)[-1]
-        by_leaf = {o.rsplit(".", 1)[-1]: o for o in options}
-        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, by_leaf, n=3, cutoff=0.6)]
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
-
-
 def unknown_key(key: str, valid: Iterable[str],
                 listed: str = "every key is in lra/config.py") -> ConfigError:
     return ConfigError(f"unknown key {key}{did_you_mean(key, valid)}; {listed}")
 
 
-def _get(cfg: Config, key: str) -> Any:
-    value: Any = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
+def _invalid(err: ValidationError, raw: DictConfig) -> ConfigError:
+    """A value of the wrong type for its key; for an enumeration, the list of its values."""
+    kind: Any = Config
+    for part in err.full_key.split("."):  # the key's annotated type, e.g. Pooling
+        kind = typing.get_type_hints(kind).get(part) if dataclasses.is_dataclass(kind) else None
+    enums = [t for t in typing.get_args(kind) or (kind,)  # `X | None` -> (X, NoneType)
+             if isinstance(t, type) and issubclass(t, Enum)]
+    if not enums:
+        return ConfigError(str(err).strip())
+    value = OmegaConf.select(raw, err.full_key, throw_on_missing=False)
+    return not_one_of(err.full_key, value, enums[0], nullable=type(None) in typing.get_args(kind))
 
 
 def load_config(raw: DictConfig) -> Config:
-    """Merge Hydra's composed config onto the schema and validate every value."""
+    """Type Hydra's composed config by the schema (each dataclass checks its own values as it is
+    built), fill in every attention option, and check what spans sections."""
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -205,38 +264,15 @@ def load_config(raw: DictConfig) -> Config:
         if err.full_key:
             raise unknown_key(err.full_key, schema_keys()) from None
         raise ConfigError(str(err).strip()) from None
+    except ValidationError as err:
+        raise (_invalid(err, raw) if err.full_key else ConfigError(str(err).strip())) from None
     except OmegaConfBaseException as err:
         raise ConfigError(str(err).strip()) from None
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            choices = ['null' if a is None else a for a in allowed]
-            hint = did_you_mean(str(_get(cfg, key)), choices)
-            raise ConfigError(f"{key}={_get(cfg, key)!r} is not one of {', '.join(choices)}"
-                              + hint)
-    for key in POSITIVE:
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} must be > 0")
-    for key in NON_NEGATIVE:
-        if not _get(cfg, key) >= 0:
-            raise ConfigError(f"{key}={_get(cfg, key)!r} must be >= 0")
-    if not 0 <= cfg.model.dropout < 1:
-        raise ConfigError(f"model.dropout={cfg.model.dropout!r} must be in [0, 1)")
-    if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
-        raise ConfigError(f"trainer.betas={cfg.trainer.betas!r} must be two numbers in [0, 1)")
-    for key in ("trainer.eval_batches", "trainer.num_threads"):
-        value = _get(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value!r} must be >= 1 or null")
-    if not SEED_RANGE[0] <= cfg.seed <= SEED_RANGE[1]:
-        raise ConfigError(f"seed={cfg.seed} must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] "
-                          "(the range numpy's RNG takes)")
-    if not SAFE_TAG.fullmatch(cfg.tag):
-        raise ConfigError(f"tag={cfg.tag!r} must be one folder name: up to 100 letters, digits "
-                          "or _ . = + - (no '/', not starting with '.' or '-')")
     try:
         options = make_options(cfg.attention.name, **cfg.attention.options)
     except AttentionError as err:
         raise ConfigError(f"attention: {err}") from None
+    cfg.attention.options = dataclasses.asdict(options)  # every option, with its default
     _clamp_budgets(cfg, options)
     grid = cfg.attention.options.get("input_shape")
     if grid is not None:
@@ -255,7 +291,8 @@ def fingerprint(cfg: Config, data_digest: str) -> str:
     """A short hash of everything that changes what a run computes (names its run folder): the
     settings, and the prepared data itself (`lra.data.manifest_digest`), so rebuilding a task
     differently never reuses an old run's results."""
-    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    # Enumerations as their plain strings, as the fingerprints of runs before them were taken.
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     for key in NOT_FINGERPRINTED:
         *parents, leaf = key.split(".")
         node = tree

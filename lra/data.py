@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
@@ -13,22 +14,39 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from attention_zoo.registry import Choice
 from data_prep.cache import DataError, Split, load_split, read_manifest
+
+from .checks import choice, non_negative
 
 log = logging.getLogger(__name__)
 
 
+class Suite(Choice):
+    mini = enum.auto()  # the offline stand-ins
+    lra = enum.auto()  # the benchmark
+
+
+class PadTo(Choice):
+    max = enum.auto()  # every batch as long as the task
+    batch = enum.auto()  # each batch as long as its longest example
+
+
 @dataclass
 class DataConfig:
-    name: str = "mini"  # "mini" (offline stand-ins) or "lra" (the benchmark)
+    name: Suite = Suite.mini
     root: str = "data/mini"  # task caches live in root/<task>/
     build_missing: bool = False  # build a missing mini task on demand
     verify_checksums: bool = True
     # Reproduce the published harnesses' quirk of masking every token equal to 0 (black pixels in
     # Image and Pathfinder) as padding. Off by default: masks come from the true lengths.
     mask_zero_tokens_as_padding: bool = False
-    pad_to: str = "max"  # "max": every batch as long as the task; "batch": its longest example
+    pad_to: PadTo = PadTo.max
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        choice("data", self, name=Suite, pad_to=PadTo)
+        non_negative("data", self, "num_workers")
 
 
 class TaskDataset(Dataset):

@@ -7,6 +7,7 @@ Pair tasks take tokens and mask of shape (batch, 2, seq).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,22 @@ import torch
 from torch import nn
 
 from attention_zoo import build_attention
-from attention_zoo.registry import in_full_precision
+from attention_zoo.registry import Choice, in_full_precision
+
+from .checks import choice, fraction, positive
+
+
+class Pooling(Choice):
+    # The sum over real tokens divided by task.max_len, the published harness's mean over its
+    # 2^k-padded input (a constant of the task, so padding-invariant).
+    mean_over_max_len = enum.auto()
+    mean = enum.auto()  # the mean over real tokens
+    cls = enum.auto()  # a learned token prepended
+
+
+class Activation(Choice):
+    relu = enum.auto()  # the published harness's
+    gelu = enum.auto()
 
 
 @dataclass
@@ -27,18 +43,19 @@ class ModelConfig:
     head_dim: int = 32
     ffn_dim: int = 128
     dropout: float = 0.1
-    # "mean_over_max_len": the sum over real tokens divided by task.max_len, the published
-    # harness's mean over its 2^k-padded input (a constant of the task, so padding-invariant);
-    # "mean": the mean over real tokens; "cls": a learned token prepended.
-    pooling: str = "mean_over_max_len"
-    head_activation: str = "relu"  # the head MLP's: relu (published harness) or gelu
+    pooling: Pooling = Pooling.mean_over_max_len
+    head_activation: Activation = Activation.relu  # the head MLP's
     # Under autocast, run every attention on fp32 q, k, v with autocast off (the published
     # harness); false leaves exact softmax in the autocast dtype (the others are fp32 anyway).
     attention_fp32: bool = True
 
+    def __post_init__(self) -> None:
+        positive("model", self, "dim", "num_layers", "num_heads", "head_dim", "ffn_dim")
+        fraction("model", self, "dropout")
+        choice("model", self, pooling=Pooling, head_activation=Activation)
 
-POOLINGS = ("mean_over_max_len", "mean", "cls")
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+ACTIVATIONS = {Activation.relu: nn.ReLU, Activation.gelu: nn.GELU}
 
 
 @dataclass
@@ -99,9 +116,6 @@ class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig, attention: AttentionSpec, vocab_size: int,
                  max_len: int):
         super().__init__()
-        if cfg.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {', '.join(POOLINGS)}, got "
-                             f"{cfg.pooling!r}")
         self.pooling, self.max_len = cfg.pooling, max_len
         positions = max_len + (cfg.pooling == "cls")
         self.tokens = nn.Embedding(vocab_size, cfg.dim)
@@ -151,9 +165,6 @@ class Classifier(nn.Module):
         self.pair = pair
         self.encoder = Encoder(cfg, attention, vocab_size, max_len)
         features = cfg.dim * (4 if pair else 1)
-        if cfg.head_activation not in ACTIVATIONS:
-            raise ValueError(f"model.head_activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"got {cfg.head_activation!r}")
         self.head = nn.Sequential(nn.Linear(features, cfg.ffn_dim),
                                   ACTIVATIONS[cfg.head_activation](),
                                   nn.Linear(cfg.ffn_dim, num_classes))

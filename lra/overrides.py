@@ -51,8 +51,9 @@ def _check_group(override: Override) -> None:
 
 
 def _check_option(override: Override, attentions: list[str]) -> None:
-    """`attention.options.<name>`: a field of each chosen attention's options dataclass; a plain
-    override must change an option its yaml sets, a `+` one must add one it does not."""
+    """`attention.options.<name>`: a field of each chosen attention's options dataclass. Every
+    field is in the composed config (at its default unless the yaml sets it), so a plain override
+    changes it and a `+` one has nothing to add."""
     key = override.key_or_group
     name = key.split(".", 2)[2].split(".")[0]
     value = override.input_line.split("=", 1)[1] if override.input_line else "..."
@@ -65,14 +66,11 @@ def _check_option(override: Override, attentions: list[str]) -> None:
             raise ConfigError(f"{key}: attention {attention!r} has no option {name}"
                               f"{did_you_mean(name, fields)}; its options: "
                               f"{', '.join(fields) or '(none)'}")
-        yaml = CONF / "attention" / f"{attention}.yaml"
-        in_yaml = name in (OmegaConf.load(yaml).get("options") or {})
-        if override.is_add() and in_yaml:
-            raise ConfigError(f"+{key}: {yaml.relative_to(CONF.parent)} already sets it; "
-                              f"change it without the +: {key}={value}")
-        if not (override.is_add() or override.is_force_add()) and not in_yaml:
-            raise ConfigError(f"{key}: {yaml.relative_to(CONF.parent)} does not set it; "
-                              f"add it with a +: +{key}={value}")
+        if override.is_add():
+            yaml = (CONF / "attention" / f"{attention}.yaml").relative_to(CONF.parent)
+            raise ConfigError(f"+{key}: {yaml} already sets it; change it without the +: "
+                              f"{key}={value} (every option is set, to its default "
+                              f"unless the yaml says otherwise)")
 
 
 def _default_attention() -> str:

@@ -15,11 +15,19 @@
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
 
-SCHEDULES = ("onecycle", "linear", "rsqrt", "cosine")
+from attention_zoo.registry import Choice
+
+
+class Schedule(Choice):
+    onecycle = enum.auto()
+    linear = enum.auto()
+    rsqrt = enum.auto()
+    cosine = enum.auto()
 
 
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
@@ -35,7 +43,7 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
         return 0.5 * (1 + math.cos(math.pi * progress))
     if schedule == "linear":
         return max(0.0, (total - step) / max(1, total - warmup))
-    raise ValueError(f"trainer.schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
+    raise ValueError(f"trainer.schedule={schedule!r} is not one of {', '.join(Schedule)}")
 
 
 def build(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
