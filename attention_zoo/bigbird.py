@@ -122,8 +122,6 @@ class BigBirdAttention(Attention):
                           glob_used[:, None].expand(-1, heads, -1, -1), score >= 0], dim=-1)
         return index, used
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         follow_draws(self.priorities, self.draws, self.draw_priorities)
         seq, d = q.shape[2], q.shape[3]

@@ -87,8 +87,6 @@ class HTransformer1dOptions:
 class HTransformer1dAttention(Attention):
     """Hierarchical (H-matrix) attention with exact near-diagonal blocks and coarse far blocks."""
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         block, seq = self.options.block_size, q.shape[2]
         # Level-l sums over real tokens (the base class zeroed the padded rows), and counts.

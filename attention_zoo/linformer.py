@@ -94,8 +94,6 @@ class LinformerAttention(Attention):
         if self.options.share_across_layers:
             self.projection = first.projection
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         seq = q.shape[2]
         e = self.projection[:, :, :seq].to(q.dtype)  # (heads, proj_len, seq): sliced to the input

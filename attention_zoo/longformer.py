@@ -51,8 +51,6 @@ class LongformerAttention(Attention):
     0 .. num_global - 1; a padded one is never attended, like any padded key. Deterministic.
     """
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         num_global = min(self.options.num_global, q.shape[2])
         scale = 1.0 / math.sqrt(q.shape[-1])

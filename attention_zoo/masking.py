@@ -15,18 +15,24 @@ def key_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None, None, :]
 
 
+def suffix_mask(lengths: Sequence[int] | torch.Tensor, seq: int) -> torch.Tensor:
+    """(batch, seq) bool: example b's first lengths[b] tokens are real, the rest padding."""
+    return torch.arange(seq)[None, :] < torch.as_tensor(lengths)[:, None]
+
+
 def row_mask(mask: torch.Tensor) -> torch.Tensor:
     """(batch, seq) -> (batch, 1, seq, 1): broadcasts over heads and features of q, k or v."""
     return mask[:, None, :, None]
 
 
 def masked_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero the padded rows of x: (batch, heads, seq, dim), whatever they hold.
+    """Zero the padded rows of x: (batch, heads, seq, dim) or (batch, seq, dim), whatever they
+    hold. The one way padded rows are zeroed, in the zoo and in the encoder.
 
     A select, not a product: 0 * inf and 0 * NaN are NaN, and a NaN in a padded row would then
     reach every output it is summed into (and its gradient).
     """
-    return torch.where(row_mask(mask), x, 0)
+    return torch.where(row_mask(mask) if x.dim() == 4 else mask[..., None], x, 0)
 
 
 def pad_to_multiple(

@@ -290,7 +290,6 @@ class MraAttention(Attention):
 
     approx_mode: ClassVar[str]
 
-    full_precision = True
     kernel_family = "block_sparse"
 
     def _attend(self, q, k, v, mask):

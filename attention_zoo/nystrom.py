@@ -30,8 +30,6 @@ class NystromAttention(Attention):
     Deterministic (no randomness). Math in float32 (float64 for float64 inputs) under autocast.
     """
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         scale = 1 / math.sqrt(q.shape[-1])
         num_landmarks = min(self.options.num_landmarks, q.shape[2])

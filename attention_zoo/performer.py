@@ -85,8 +85,6 @@ class PerformerAttention(Attention):
         self.features = RandomFeatures(self.head_dim, count, module_seed(opts.seed),
                                        opts.redraw_every, opts.feature_map == "hyperbolic")
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         phi_q, _, phi_k, _ = self.features(q, k, mask)
         numerator, denominator = linear_attention(phi_q, phi_k, v)

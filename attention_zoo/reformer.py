@@ -158,8 +158,6 @@ class ReformerAttention(Attention):
         bucket = torch.cat([rotated, negated], dim=-1).argmax(dim=-1)
         return bucket.masked_fill(~mask[:, None, None, :], self.max_buckets)
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         # k is q (shared projection); keys are its unit-norm version.
         chunk = self.options.chunk_size

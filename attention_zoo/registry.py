@@ -69,6 +69,8 @@ class Attention(nn.Module):
       full_precision        run `_attend` in at least fp32 with autocast off: exp of logits or
                             random features overflows in fp16 and loses its tail in bf16, and
                             pseudo-inverses and hash signs need the precision (fp64 stays fp64).
+                            True for every approximation; only exact softmax, whose fused and
+                            written-out kernels are stable in half precision, turns it off.
       kernel_family         the `kernels` family whose backends the option `backend` picks
                             (None for pure-PyTorch methods); the module records the backend it
                             ran as `backend_in_use`.
@@ -79,7 +81,7 @@ class Attention(nn.Module):
     needs_shared_qk: ClassVar[bool] = False
     approximates_softmax: ClassVar[bool] = True
     max_supported_len: ClassVar[int | None] = None
-    full_precision: ClassVar[bool] = False
+    full_precision: ClassVar[bool] = True
     kernel_family: ClassVar[str | None] = None
 
     name: str = "attention"

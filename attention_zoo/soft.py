@@ -89,8 +89,6 @@ class SoftAttention(Attention):
                                        stride=self.stride, bias=False)
         self.landmark_norm = nn.LayerNorm(self.head_dim)
 
-    full_precision = True
-
     def _attend(self, q, k, v, mask):
         batch, heads, _, dim = q.shape
         q = q * dim**-0.25  # padded rows are zero (base class)

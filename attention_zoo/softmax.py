@@ -54,6 +54,8 @@ def _keys_for_empty_examples(mask: torch.Tensor) -> torch.Tensor:
 class SoftmaxAttention(Attention):
     """softmax(q k^T / sqrt(d)) v through torch's fused scaled_dot_product_attention."""
 
+    full_precision = False  # the fused kernel is stable in fp16 and bf16
+
     def _attend(self, q, k, v, mask):
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask(_keys_for_empty_examples(mask)),
@@ -64,6 +66,8 @@ class SoftmaxAttention(Attention):
 class NaiveSoftmaxAttention(Attention):
     """The same math with the n x n matrix written out: the test oracle, and the paper's
     "Transformer" baseline for memory comparisons."""
+
+    full_precision = False  # max-subtracted softmax: stable in fp16 and bf16
 
     def _attend(self, q, k, v, mask):
         # logits: (batch, heads, seq_q, seq_k)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .masking import masked_rows
+from .masking import masked_rows, suffix_mask
 
 
 def structured_qkv(
@@ -55,8 +55,7 @@ def padded_qkv(
     else:
         gen = torch.Generator().manual_seed(seed)
         q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen) for _ in range(3))
-    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
-    return q, k, v, mask
+    return q, k, v, suffix_mask(lengths, seq)
 
 
 def relative_error(out: torch.Tensor, exact: torch.Tensor, mask: torch.Tensor) -> float:

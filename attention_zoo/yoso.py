@@ -70,7 +70,6 @@ from kernels.lsh import ESTIMATORS, V2_SLOTS, lsh_cumulation, simhash_codes
 
 from .conv_branch import ConvOptions, WithConvBranch
 from .draws import DrawCounter, module_seed, stable_seed
-from .masking import row_mask
 from .registry import (
     Attention,
     AttentionError,
@@ -160,7 +159,6 @@ class YosoAttention(Attention):
 
     approximates_softmax = False
     kernel_family = "lsh"
-    full_precision = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -204,7 +202,6 @@ class YosoAttention(Attention):
         # q_codes, k_codes: (rounds, batch, heads, seq) in [0, 2^tau + 1]
         q_codes = (simhash_codes(q, planes) & low).masked_fill(pad, 2**tau + 1)
         k_codes = (simhash_codes(k, planes) & low).masked_fill(pad, 2**tau)
-        v = torch.where(row_mask(mask), v, 0)
         out, self.backend_in_use = lsh_cumulation(
             q, k, v, q_codes, k_codes, bits, 2**tau + 2, opts.backward, opts.backward_slots or 0,
             stable_seed(self.draws.seed, draw), opts.backend)

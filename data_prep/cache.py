@@ -56,9 +56,10 @@ def prepare_command(task: str, data: str) -> str:
     """The command that builds the cache for `task` (shown in every missing-data error)."""
     if data == "mini":
         return "python -m data_prep mini"
-    from .__main__ import SOURCES  # the command line's table (imported late: it imports this)
+    from . import tasks  # the registry (imported late: every task module imports this one)
 
-    return f"python -m data_prep {task} --source <{'|'.join(SOURCES.get(task, ('...',)))}>"
+    sources = list(tasks.get(task).sources) if task in tasks.names() else ["..."]
+    return f"python -m data_prep {task} --source <{'|'.join(sources)}>"
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mini, tasks
 from .cache import DataError, Split, write_task
 from .text import load_tfds
 
@@ -32,6 +33,7 @@ SIDE = 32
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 RAW_ARCHIVE = Path("data/raw/cifar-10-python.tar.gz")
 RAW_FOLDER = Path("data/raw/cifar-10-batches-py")
+RAW_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 FETCH = "python -m data_prep download cifar10"
 
@@ -149,3 +151,46 @@ def build(out_dir: str | Path, data: dict[str, tuple[np.ndarray, np.ndarray]], *
                 "split": "train[:90%] / train[90%:] / test", **(params or {})},
         description="CIFAR-10 in grayscale, 1024 pixel tokens",
     )
+
+
+# ---- the mini stand-in, and the task's entry in the registry ---------------------------------
+
+def build_mini(out_dir: Path, progress: bool = True) -> Path:
+    """The stand-in: scikit-learn's bundled handwritten digits (8x8, 16 gray levels), permuted,
+    upscaled to 32x32 grayscale (1024 pixel tokens), 10 classes."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.target))
+    images = np.stack([
+        np.asarray(Image.fromarray(np.uint8(np.rint(im * 255 / 16))).resize(
+            (SIDE, SIDE), Image.BICUBIC)) for im in digits.images[order]
+    ]).reshape(len(order), -1)  # (n, 1024)
+    labels = digits.target[order].astype(np.int64)
+    n_eval = 250
+    cuts = {"train": (0, len(order) - 2 * n_eval), "val": (len(order) - 2 * n_eval,
+            len(order) - n_eval), "test": (len(order) - n_eval, len(order))}
+    splits = {name: Split(images[lo:hi], np.full(hi - lo, SIDE * SIDE, dtype=np.int32),
+                          labels[lo:hi]) for name, (lo, hi) in cuts.items()}
+    return write_task(
+        out_dir, splits, task="image", source="sklearn_digits", num_classes=NUM_CLASSES,
+        vocab_size=VOCAB_SIZE, max_len=SIDE * SIDE, mini=True,
+        params={"tokens": "grayscale pixel values 0-255, row-major; 0 is a real token",
+                "upscale": "8x8 (0-16) -> 32x32 bicubic", "shuffle_seed": 0},
+        description=f"scikit-learn's handwritten digits upscaled to 32x32 grayscale "
+                    f"({mini.STANDIN} for grayscale CIFAR-10)",
+    )
+
+
+tasks.register(tasks.Task(
+    name="image", order=4,
+    help="grayscale CIFAR-10 (tensorflow-datasets or cifar-10-python.tar.gz)",
+    sources={
+        "tfds": tasks.tfds_source(lambda args, out, data_dir: build(
+            out, read_cifar_tfds(data_dir), source="tfds")),
+        "raw": tasks.raw_source(RAW_ARCHIVE, RAW_FOLDER, lambda args, out, path: build(
+            out, read_cifar_raw(path), source="raw")),
+    },
+    mini=build_mini, downloads={"cifar10": (RAW_URL, RAW_ARCHIVE)},
+))

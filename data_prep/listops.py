@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mini, tasks
 from .atomic import atomic_write
 from .cache import SPLITS, DataError, Split, pack, write_task
 
@@ -241,3 +242,28 @@ def build_from_release(out_dir: str | Path, listops_dir: str | Path) -> Path:
         params={"release_dir": str(listops_dir)},
         description="ListOps from the official LRA release (listops-1000)",
     )
+
+
+# ---- the mini stand-in, and the task's entry in the registry ---------------------------------
+
+def build_mini(out_dir: Path, progress: bool = True) -> Path:
+    """The stand-in: our generator with shorter trees (up to 511 tokens, so CPU training takes
+    minutes); the algorithm is LRA's."""
+    return build_generated(out_dir, sizes=dict(mini.SIZES), seed=0, max_depth=10, max_args=10,
+                           min_length=64, max_length=512, mini=True, progress=progress)
+
+
+tasks.register(tasks.Task(
+    name="listops", order=1,
+    help="ListOps (listops-1000 TSVs from the release, or LRA's generator)",
+    sources={
+        "lra_release": tasks.release_source(
+            lambda args: "listops-1000", lambda args, out, folder: build_from_release(out, folder)),
+        "generate": tasks.Source(
+            tasks.LRA_GENERATOR,
+            lambda args, out: build_generated(out, seed=args.seed, mini=False,
+                                              progress=not args.quiet, **LRA_SETTINGS),
+            tasks.seed_flag),
+    },
+    mini=build_mini,
+))

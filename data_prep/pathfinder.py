@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from . import tasks
 from .atomic import atomic_dir
 from .cache import SHUFFLE_SEED, DataError, Split, write_task
 
@@ -544,3 +545,71 @@ def build_from_release(out_dir: str | Path, level_dir: str | Path, *, resolution
                   shuffle_seed=SHUFFLE_SEED,
                   description=f"Pathfinder-{resolution} {difficulty} from the official LRA "
                               "release")
+
+
+# ---- the mini stand-in, and the entries of Pathfinder and Path-X in the registry ------------
+
+MINI_IMAGES = 4000
+
+
+def build_mini(out_dir: Path, progress: bool = True) -> Path:
+    """The stand-in: our generator at 32x32, the baseline level (6-paddle contours)."""
+    return build_generated(out_dir, resolution=32, difficulty="curv_baseline",
+                           num_images=MINI_IMAGES, seed=0, mini=True, progress=progress)
+
+
+def _generator_flags(p) -> None:
+    tasks.seed_flag(p)
+    # 80/10/10 of fewer than 10 images would leave val or test empty.
+    p.add_argument("--num-images", type=tasks.at_least(10), default=RELEASE_IMAGES,
+                   help="images to generate, split 80/10/10 (default %(default)s, as the "
+                        "release)")
+    p.add_argument("--workers", type=tasks.at_least(1), default=default_workers(),
+                   help="generator processes (default %(default)s)")
+
+
+def _level_flags(p) -> None:
+    p.add_argument("--resolution", type=int, default=32, choices=RESOLUTIONS,
+                   help="image side in pixels (default %(default)s, LRA's Pathfinder)")
+    p.add_argument("--difficulty", default=LRA_DIFFICULTY, choices=list(DIFFICULTIES),
+                   help="the level, by contour length in paddles (longer is harder; "
+                        "default %(default)s, the level LRA uses)")
+
+
+def _level_sources(level) -> dict[str, tasks.Source]:
+    """The release and the generator, for the level (resolution, difficulty) = level(args)."""
+    def generated(args, out: Path) -> Path:
+        resolution, difficulty = level(args)
+        return build_generated(out, resolution=resolution, difficulty=difficulty,
+                               num_images=args.num_images, seed=args.seed, workers=args.workers,
+                               progress=not args.quiet)
+
+    def from_release(args, out: Path, folder: Path) -> Path:
+        resolution, difficulty = level(args)
+        return build_from_release(out, folder, resolution=resolution, difficulty=difficulty)
+
+    return {"lra_release": tasks.release_source(
+                lambda args: "pathfinder{}/{}".format(*level(args)), from_release),
+            "generate": tasks.Source(tasks.LRA_GENERATOR, generated, _generator_flags)}
+
+
+def _pathfinder_out(args) -> Path:
+    if (args.resolution, args.difficulty) == (32, LRA_DIFFICULTY):
+        return tasks.CACHE_ROOT / "pathfinder"
+    return tasks.CACHE_ROOT / f"pathfinder{args.resolution}_{args.difficulty}"
+
+
+tasks.register(tasks.Task(
+    name="pathfinder", order=5,
+    help="Pathfinder at 32/64/128/256 pixels, any difficulty (release or generator)",
+    sources=_level_sources(lambda args: (args.resolution, args.difficulty)),
+    flags=_level_flags, mini=build_mini,
+    out=_pathfinder_out, out_help=f"{tasks.CACHE_ROOT}/pathfinder<res>_<difficulty> off the "
+                                  "LRA level",
+))
+tasks.register(tasks.Task(
+    name="pathx", order=6,
+    help="Path-X: Pathfinder-128, curv_contour_length_14, 16,384 tokens",
+    sources=_level_sources(lambda args: (PATHX_RESOLUTION, LRA_DIFFICULTY)),
+    in_grid=False,  # every model of the LRA paper failed it; `make lra-all` leaves it out
+))

@@ -38,16 +38,6 @@ DEFAULT_FOLDER = Path("data/lra_release")  # an extracted copy, and where we ext
 # Where a task folder may sit inside the release, most preferred first.
 PREFIXES = ("lra_release/lra_release", "lra_release", "")
 
-# Everything `python -m data_prep download <what>` knows how to fetch.
-DOWNLOADS = {
-    "lra_release": (LRA_URL, DEFAULT_ARCHIVE),
-    "imdb": ("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-             Path("data/raw/aclImdb_v1.tar.gz")),
-    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                Path("data/raw/cifar-10-python.tar.gz")),
-}
-
-
 # Failures of the local file, not of the network: retrying or resuming cannot help.
 LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")

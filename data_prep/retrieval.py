@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mini, tasks
 from .cache import SHUFFLE_SEED, DataError, Split, write_task
-from .text import DEFAULT_MAX_LEN, TOKENS, VOCAB_SIZE, encode_bytes
+from .text import DEFAULT_MAX_LEN, TOKENS, VOCAB_SIZE, encode_bytes, max_len_flag, window_split
 
 FOLDER = "tsv_data"
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv",
@@ -71,3 +72,60 @@ def build_from_release(out_dir: str | Path, tsv_dir: str | Path,
         description=f"AAN citation pairs from the official LRA release, byte-level, each "
                     f"document truncated to {max_len} bytes",
     )
+
+
+# ---- the mini stand-in, and the task's entry in the registry ---------------------------------
+
+MINI_MODULE_BYTES = 16 * 1024  # a module needs room for two windows in every region
+
+
+def build_mini(out_dir: Path, progress: bool = True) -> Path:
+    """The stand-in for AAN: whether two 1,024-byte windows of the standard library come from the
+    same module (file), classes alternating and balanced exactly. Half the negatives come from
+    another module of the same package, so the package alone does not give the answer. Each
+    split is stored shuffled (`cache.SHUFFLE_SEED`)."""
+    modules = [(package, path, src) for package, files in mini.stdlib_modules().items()
+               for path, src in files if len(src) >= MINI_MODULE_BYTES]
+    window = mini.WINDOW
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, size in mini.SIZES.items():
+        parts = [mini.region(src, split) for _, _, src in modules]
+        texts, labels = [], []
+        for i in range(size):
+            a = int(rng.integers(len(modules)))
+            if i % 2 == 0:  # positive: two windows of one module, not overlapping
+                first = int(rng.integers(0, len(parts[a]) - 2 * window + 1))
+                second = int(rng.integers(first + window, len(parts[a]) - window + 1))
+                if rng.random() < 0.5:
+                    first, second = second, first
+                texts += [parts[a][first:first + window], parts[a][second:second + window]]
+                labels.append(1)
+            else:  # negative: another module, of the same package half of the time
+                same = [j for j, m in enumerate(modules) if m[0] == modules[a][0] and j != a]
+                others = same if same and rng.random() < 0.5 else \
+                    [j for j, m in enumerate(modules) if m[0] != modules[a][0]]
+                b = others[int(rng.integers(len(others)))]
+                texts += [*mini.sample_windows(rng, [parts[a]], 1),
+                          *mini.sample_windows(rng, [parts[b]], 1)]
+                labels.append(0)
+        splits[split] = window_split(texts, labels, pair=True)
+    return write_task(
+        out_dir, splits, task="retrieval", source="python_stdlib", num_classes=NUM_CLASSES,
+        vocab_size=VOCAB_SIZE, max_len=window, mini=True, shuffle_seed=SHUFFLE_SEED,
+        params={**mini.stdlib_params(), "tokens": TOKENS, "modules": len(modules),
+                "min_module_bytes": MINI_MODULE_BYTES,
+                "negatives": "half from another module of the same package"},
+        description="whether two 1,024-byte windows of Python standard-library source come from "
+                    f"the same module, byte-level pairs ({mini.STANDIN} for AAN retrieval)",
+    )
+
+
+tasks.register(tasks.Task(
+    name="retrieval", order=3,
+    help="AAN citation pairs, byte-level (tsv_data from the release)",
+    sources={"lra_release": tasks.release_source(
+        lambda args: FOLDER,
+        lambda args, out, folder: build_from_release(out, folder, args.max_len))},
+    flags=max_len_flag, mini=build_mini,
+))

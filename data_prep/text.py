@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mini, tasks
 from .cache import SHUFFLE_SEED, DataError, Split, write_task
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ NUM_CLASSES = 2
 TOKENS = "byte value + 1 (UTF-8 bytes; 0 = padding)"
 RAW_ARCHIVE = Path("data/raw/aclImdb_v1.tar.gz")
 RAW_FOLDER = Path("data/raw/aclImdb")
+RAW_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 LABELS = {"neg": 0, "pos": 1}
 REVIEW = re.compile(r"(?:^|/)aclImdb/(train|test)/(neg|pos)/(\d+)_\d+\.txt$")
 
@@ -157,3 +159,62 @@ def build(out_dir: str | Path, examples: dict[str, list[Example]], *, source: st
         description=f"IMDb reviews, byte-level, truncated to {max_len} bytes; the 25K test set "
                     "is used as both val and test, as in LRA",
     )
+
+
+# ---- the mini stand-in, and the task's entry in the registry ---------------------------------
+
+def window_split(texts: list[bytes], labels: list[int], pair: bool) -> Split:
+    """Windows of mini.WINDOW bytes as a split; with `pair`, texts alternate u, v."""
+    tokens, lengths = encode_bytes(texts, mini.WINDOW)
+    if pair:
+        tokens, lengths = tokens.reshape(-1, 2, mini.WINDOW), lengths.reshape(-1, 2)
+    return Split(tokens, lengths, np.array(labels, dtype=np.int64))
+
+
+def build_mini(out_dir: Path, progress: bool = True) -> Path:
+    """The stand-in for IMDb (binary, like it): whether a 1,024-byte window of the standard
+    library comes from a package about running code (asyncio, importlib, multiprocessing,
+    unittest) or one about data formats and protocols (email, http, urllib, xml), every package
+    equally represented and the classes balanced exactly. Drawn class by class, so each split is
+    stored shuffled (`cache.SHUFFLE_SEED`)."""
+    modules = mini.stdlib_modules()
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, size in mini.SIZES.items():
+        texts, labels = [], []
+        for label, group in enumerate(mini.TEXT_CLASSES.values()):
+            per_package = size // len(mini.TEXT_CLASSES) // len(group)
+            for package in group:
+                texts += mini.sample_windows(
+                    rng, [mini.region(src, split) for _, src in modules[package]], per_package)
+                labels += [label] * per_package
+        splits[split] = window_split(texts, labels, pair=False)
+    return write_task(
+        out_dir, splits, task="text", source="python_stdlib", num_classes=len(mini.TEXT_CLASSES),
+        vocab_size=VOCAB_SIZE, max_len=mini.WINDOW, mini=True, shuffle_seed=SHUFFLE_SEED,
+        params={**mini.stdlib_params(), "tokens": TOKENS,
+                "classes": {name: list(group) for name, group in mini.TEXT_CLASSES.items()}},
+        description="whether a 1,024-byte window of Python standard-library source comes from a "
+                    f"package about running code or about data formats, byte-level "
+                    f"({mini.STANDIN} for IMDb)",
+    )
+
+
+def max_len_flag(p) -> None:
+    """--max-len, of every byte-level task."""
+    p.add_argument("--max-len", type=tasks.at_least(1), default=DEFAULT_MAX_LEN,
+                   help="bytes kept per document (default %(default)s, the MRA/Skyformer "
+                        "protocol; LRA's config used 1000)")
+
+
+tasks.register(tasks.Task(
+    name="text", order=2,
+    help="IMDb sentiment, byte-level (tensorflow-datasets or aclImdb_v1.tar.gz)",
+    sources={
+        "tfds": tasks.tfds_source(lambda args, out, data_dir: build(
+            out, read_imdb_tfds(data_dir), source="tfds", max_len=args.max_len)),
+        "raw": tasks.raw_source(RAW_ARCHIVE, RAW_FOLDER, lambda args, out, path: build(
+            out, read_imdb_raw(path), source="raw", max_len=args.max_len)),
+    },
+    flags=max_len_flag, mini=build_mini, downloads={"imdb": (RAW_URL, RAW_ARCHIVE)},
+))

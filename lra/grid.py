@@ -23,6 +23,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from data_prep import tasks
+
 from .cli import UserError, call
 from .overrides import CONF, group_options
 from .results import aggregate
@@ -35,9 +37,10 @@ LAUNCHERS = ("basic", "joblib", "submitit_slurm", "slurm")
 
 
 def default_grid() -> dict[str, str]:
-    """The tasks and attentions of conf/experiment/lra_all.yaml's sweep."""
+    """The tasks and attentions of conf/experiment/lra_all.yaml's sweep: the tasks that the
+    data_prep registry puts in the grid, the attentions the file lists."""
     params = OmegaConf.load(CONF / "experiment" / "lra_all.yaml").hydra.sweeper.params
-    return {"task": params.task, "attention": params.attention}
+    return {"task": ",".join(tasks.grid_names()), "attention": params.attention}
 
 
 def protocol_override(protocol: str) -> str:

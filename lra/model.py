@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from attention_zoo import build_attention
+from attention_zoo.masking import masked_rows
 from attention_zoo.registry import Choice, in_full_precision
 
 from .checks import choice, fraction, positive
@@ -140,19 +141,18 @@ class Encoder(nn.Module):
         x = x + self.positions(torch.arange(x.shape[1], device=x.device))
         # Zero padded embeddings so nothing about padding enters the residual stream, whatever
         # the attention does with it.
-        x = self.drop(x) * mask[..., None].to(x.dtype)
+        x = masked_rows(self.drop(x), mask)
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
         if self.cls is not None:
             return x[:, 0]
-        weights = mask[..., None].to(x.dtype)
-        summed = (x * weights).sum(1)  # (batch, dim), real tokens only
+        summed = masked_rows(x, mask).sum(1)  # (batch, dim), real tokens only
         if self.pooling == "mean_over_max_len":
             # Divided by the task's length, not the batch's: a batch padded to its longest
             # example (mini data) pools the same as one padded to max_len.
             return summed / self.max_len
-        return summed / weights.sum(1).clamp_min(1.0)
+        return summed / mask.sum(1, keepdim=True).clamp_min(1)
 
 
 class Classifier(nn.Module):

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from data_prep import tasks as data_tasks
 from data_prep.atomic import atomic_write_text
 
 from .cli import UserError, call
@@ -102,8 +103,6 @@ def _geomean(values: list[float]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-# Tables and plots list the tasks in the LRA paper's order.
-TASK_ORDER = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 # results.csv: one row per (task, attention), over its seeds.
 TABLE_COLUMNS = (
     "task", "attention", "data", "mini", "protocol", "seeds", "test_accuracy_mean",
@@ -225,7 +224,9 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str, wandb: bool 
     mini = any(r["mini"] for r in runs)
     if mini:
         title += " [MINI DATA: stand-ins, not the LRA benchmark]"
-    tasks = sorted({r["task"] for r in runs}, key=lambda t: (TASK_ORDER + [t]).index(t))
+    # In the LRA paper's order (the registry's), then any other task.
+    order = data_tasks.names()
+    tasks = sorted({r["task"] for r in runs}, key=lambda t: (order + [t]).index(t))
     table = table_rows(runs)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "results.csv", to_csv(table, TABLE_COLUMNS))

@@ -30,6 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from data_prep import tasks as data_tasks
+
 from . import cli, distributed, sampling, schedules
 from .config import Config, ConfigError, load_config
 from .data import TaskData, load_task_data, manifest_digest, prepare_manifest
@@ -389,6 +391,9 @@ def train(cfg: Config) -> dict[str, Any]:
 OmegaConf.register_new_resolver(
     "lra_options", lambda group: textwrap.fill(", ".join(group_options(group)), width=76,
                                                subsequent_indent=" " * 12), replace=True)
+# `make lra-all`'s tasks (conf/experiment/lra_all.yaml): those the data_prep registry puts in it.
+OmegaConf.register_new_resolver("lra_grid_tasks", lambda: ",".join(data_tasks.grid_names()),
+                                replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

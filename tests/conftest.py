@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from attention_zoo import attention_class, build_attention, list_attentions
 from data_prep import listops
@@ -63,6 +64,20 @@ def build_case(case: str, **kwargs):
     string goes to build_attention as a name, so a wrong one fails with its own message."""
     name, options = _cases().get(case, (case, {}))
     return build_attention(name, **{**options, **kwargs})
+
+
+def make(name: str, max_len: int = 512, *, heads: int = 2, head_dim: int = 16,
+         torch_seed: int = 0, **options):
+    """An attention as the zoo tests build it: `build_case` (a case id of `attention_cases`
+    works too), its parameters drawn after torch.manual_seed(torch_seed)."""
+    torch.manual_seed(torch_seed)
+    return build_case(name, num_heads=heads, head_dim=head_dim, max_seq_len=max_len, **options)
+
+
+def exact(q, k, v, mask):
+    """softmax(q k^T / sqrt(d)) v written out (softmax_naive, the oracle), for any q shape."""
+    _, heads, seq, head_dim = q.shape
+    return make("softmax_naive", seq, heads=heads, head_dim=head_dim)(q, k, v, mask)
 
 
 def same_draws(attn):

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import attention_cases, build_case, same_draws
+from conftest import attention_cases, make, same_draws
 
 from attention_zoo import AttentionError
+from attention_zoo.masking import suffix_mask
 
 HEADS, HEAD_DIM, MAX_LEN = 2, 16, 2048
 # Kernel-backed attentions appear once per CPU backend ("mra2", "mra2@reference", ...).
 ALL = attention_cases()
-
-
-def make(name: str, seed: int = 0, **options):
-    torch.manual_seed(seed)
-    return build_case(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=MAX_LEN, **options)
 
 
 def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=None):
@@ -24,8 +20,7 @@ def inputs(batch: int, seq: int, *, seed: int = 0, dtype=torch.float32, lengths=
                for _ in range(3))
     if lengths is None:
         lengths = [seq] * batch
-    mask = torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
-    return q, k, v, mask
+    return q, k, v, suffix_mask(lengths, seq)
 
 
 def qk_for(attn, q, k):
@@ -36,7 +31,7 @@ def qk_for(attn, q, k):
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("seq", [1, 37, 512, 2048])
 def test_shape_dtype_finite_and_gradients(name, seq):
-    attn = make(name).train()
+    attn = make(name, MAX_LEN).train()
     lengths = [seq, max(1, seq - seq // 3)]
     q, k, v, mask = inputs(2, seq, lengths=lengths)
     q.requires_grad_(True)
@@ -61,7 +56,7 @@ def test_shape_dtype_finite_and_gradients(name, seq):
 
 @pytest.mark.parametrize("name", ALL)
 def test_float64_keeps_dtype(name):
-    attn = make(name).double().eval()
+    attn = make(name, MAX_LEN).double().eval()
     q, k, v, mask = inputs(2, 64, dtype=torch.float64, lengths=[64, 40])
     out = attn(*qk_for(attn, q, k), v, mask)
     assert out.dtype == torch.float64 and torch.isfinite(out).all()
@@ -71,7 +66,7 @@ def test_float64_keeps_dtype(name):
 @pytest.mark.parametrize("train", [False, True])
 def test_padding_invariance(name, train):
     """Changing what sits in padded positions never changes a real output."""
-    attn = make(name).train(train)
+    attn = make(name, MAX_LEN).train(train)
     seq = 300
     lengths = [300, 177, 64, 1]
     q, k, v, mask = inputs(4, seq, lengths=lengths)
@@ -80,7 +75,7 @@ def test_padding_invariance(name, train):
     q2, k2, v2 = (torch.where(pad, 100 * j, x) for x, j in zip((q, k, v), junk, strict=True))
     # A twin in the same state (weights, buffers, draw counters) makes the same random draws
     # (features, hashes, random blocks) on its next call, so only the padded values differ.
-    attn_b = make(name).train(train)
+    attn_b = make(name, MAX_LEN).train(train)
     attn_b.load_state_dict(attn.state_dict())
     # Attention dropout draws from torch's global RNG: one seed before each call, one mask.
     torch.manual_seed(5)
@@ -110,8 +105,8 @@ def test_non_finite_padding_cannot_leak(name, fill):
     seq = 150
     q, k, v, mask = inputs(4, seq, lengths=[seq, 97, 33, 1])
     pad = ~mask[:, None, :, None]
-    attn = make(name).train()
-    attn_b = make(name).train()
+    attn = make(name, MAX_LEN).train()
+    attn_b = make(name, MAX_LEN).train()
     attn_b.load_state_dict(attn.state_dict())  # same state, same random draws (see above)
     torch.manual_seed(5)  # and the same attention-dropout mask
     out, grads = outputs_and_grads(attn, q, k, v, mask)
@@ -132,7 +127,7 @@ def test_non_finite_padding_cannot_leak(name, fill):
 @pytest.mark.parametrize("name", ALL)
 def test_empty_batch(name):
     """Batch size 0 gives an empty output of the input's shape and dtype (and a usable graph)."""
-    attn = make(name).train()
+    attn = make(name, MAX_LEN).train()
     q, k, v, mask = inputs(0, 37)
     q.requires_grad_(True)
     out = attn(*qk_for(attn, q, k), v, mask)
@@ -144,7 +139,7 @@ def test_empty_batch(name):
 @pytest.mark.parametrize("name", ALL)
 def test_padded_length_invariance(name):
     """More trailing padding (a batch padded to a longer example) changes no real output."""
-    attn = same_draws(make(name).eval())
+    attn = same_draws(make(name, MAX_LEN).eval())
     q, k, v, mask = inputs(2, 300, lengths=[300, 200])
     longer = [torch.nn.functional.pad(x, (0, 0, 0, 400)) for x in (q, k, v)]
     out = attn(*qk_for(attn, q, k), v, mask)
@@ -156,7 +151,7 @@ def test_padded_length_invariance(name):
 @pytest.mark.parametrize("name", ALL)
 def test_batch_independence(name):
     """An example's output does not depend on the other examples in its batch."""
-    attn = same_draws(make(name).eval())
+    attn = same_draws(make(name, MAX_LEN).eval())
     q, k, v, mask = inputs(3, 200, lengths=[200, 120, 33])
     full = attn(*qk_for(attn, q, k), v, mask)
     for i in range(3):
@@ -180,14 +175,14 @@ def test_same_seed_same_output(name):
     for train in (False, True):
         outs = []
         for _ in range(2):
-            attn = make(name, seed=11).train(train)
+            attn = make(name, MAX_LEN, torch_seed=11).train(train)
             outs.append(attn(*qk_for(attn, q, k), v, mask))
         torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_all_padding_example_is_zero_and_finite(name):
-    attn = make(name).eval()
+    attn = make(name, MAX_LEN).eval()
     q, k, v, mask = inputs(2, 64, lengths=[64, 0])
     out = attn(*qk_for(attn, q, k), v, mask)
     assert torch.isfinite(out).all()
@@ -196,16 +191,16 @@ def test_all_padding_example_is_zero_and_finite(name):
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(AttentionError, match="unknown attention 'nope'.*softmax"):
-        make("nope")
+        make("nope", MAX_LEN)
 
 
 def test_unknown_option_lists_valid_keys():
     with pytest.raises(AttentionError, match="no option"):
-        make("softmax", window=3)
+        make("softmax", MAX_LEN, window=3)
 
 
 def test_wrong_mask_is_explained():
-    attn = make("softmax")
+    attn = make("softmax", MAX_LEN)
     q, k, v, mask = inputs(2, 8)
     with pytest.raises(AttentionError, match="mask"):
         attn(q, k, v, mask.float())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from data_prep import mini
+from data_prep import mini, pathfinder, tasks
 from data_prep.cache import SHUFFLE_SEED, DataError, load_split, read_manifest
 
 
@@ -26,7 +26,7 @@ def generated_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini_generated")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(mini, "SIZES", {"train": 64, "val": 64, "test": 64})
-        patch.setattr(mini, "PATHFINDER_IMAGES", 640)
+        patch.setattr(pathfinder, "MINI_IMAGES", 640)
         mini.build(root, ["listops", "pathfinder"], progress=False)
     return root
 
@@ -46,10 +46,10 @@ def window_bytes(tokens, length) -> bytes:
 
 
 def test_builders_cover_the_five_tasks():
-    assert list(mini.BUILDERS) == ["listops", "text", "retrieval", "image", "pathfinder"]
+    assert tasks.mini_names() == ["listops", "text", "retrieval", "image", "pathfinder"]
 
 
-@pytest.mark.parametrize("task", list(mini.BUILDERS))
+@pytest.mark.parametrize("task", tasks.mini_names())
 def test_first_val_examples_hold_several_classes(root, generated_root, task):
     folder = generated_root if task in ("listops", "pathfinder") else root
     manifest, splits = load(folder, task)

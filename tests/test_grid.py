@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import mini
+from data_prep import image
 from tests.conftest import ROOT
 
 GRID = ("TASKS=listops,image", "ATTENTIONS=softmax,mra2", "DATA=mini", "TRAINER=smoke")
@@ -26,7 +26,7 @@ def grid_data(tiny_data_root, tmp_path_factory) -> Path:
     """tiny ListOps and the mini Image task (digits) under one data root."""
     root = tmp_path_factory.mktemp("grid_data")
     (root / "listops").symlink_to(tiny_data_root / "listops")
-    mini.build_image(root / "image", progress=False)
+    image.build_mini(root / "image", progress=False)
     return root
 
 

@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import exact, make
 
-from attention_zoo import AttentionError, build_attention
+from attention_zoo import AttentionError
+from attention_zoo.masking import suffix_mask
 from attention_zoo.mra import grid_order, select_blocks
 from attention_zoo.structured import relative_error, structured_qkv
 
 NAMES = ["mra2", "mra2_s"]
-
-
-def make(name: str, heads: int = 2, head_dim: int = 16, max_seq_len: int = 8192, **options):
-    return build_attention(name, num_heads=heads, head_dim=head_dim, max_seq_len=max_seq_len,
-                           **options)
-
-
-def exact(q, k, v, mask):
-    _, heads, _, head_dim = q.shape
-    oracle = make("softmax_naive", heads=heads, head_dim=head_dim).to(q.dtype)
-    return oracle(q, k, v, mask)
+MAX_LEN = 8192  # the model length MRA's default budget is sized from
 
 
 def random_inputs(batch, heads, seq, head_dim, *, seed=0, dtype=torch.float32, lengths=None):
@@ -33,8 +25,7 @@ def random_inputs(batch, heads, seq, head_dim, *, seed=0, dtype=torch.float32, l
     if lengths is None:
         lengths = torch.randint(1, seq + 1, (batch,), generator=gen)
         lengths[0] = seq
-    mask = torch.arange(seq)[None, :] < torch.as_tensor(lengths)[:, None]
-    return q, k, v, mask
+    return q, k, v, suffix_mask(lengths, seq)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,7 +34,7 @@ def random_inputs(batch, heads, seq, head_dim, *, seed=0, dtype=torch.float32, l
 def test_full_budget_is_exact_softmax(name, dtype, tol, seq):
     """With every block chosen, both variants are exact attention, padding and priors included."""
     q, k, v, mask = random_inputs(4, 2, seq, 16, seed=seq, dtype=dtype)
-    out = make(name, block_per_row=seq, initial_prior_first_n_blocks=1,
+    out = make(name, MAX_LEN, block_per_row=seq, initial_prior_first_n_blocks=1,
                initial_prior_diagonal_n_blocks=3)(q, k, v, mask)
     torch.testing.assert_close(out, exact(q, k, v, mask), atol=tol, rtol=tol)
 
@@ -56,7 +47,7 @@ def test_error_falls_with_budget(seq):
     errors = {}
     for name in NAMES:
         errors[name] = [
-            relative_error(make(name, head_dim=32, max_seq_len=seq, block_per_row=bpr)(
+            relative_error(make(name, seq, head_dim=32, block_per_row=bpr)(
                 q, k, v, mask), target, mask)
             for bpr in (1, 2, 4, 8)
         ]
@@ -72,7 +63,7 @@ def test_error_falls_with_budget(seq):
 def test_gradcheck_float64(name):
     """Partial budget (10 of 25 block pairs) and a padded tail, so every branch is exercised."""
     q, k, v, mask = random_inputs(1, 1, 40, 4, dtype=torch.float64, lengths=[35])
-    attn = make(name, heads=1, head_dim=4, block_size=8, block_per_row=2)
+    attn = make(name, MAX_LEN, heads=1, head_dim=4, block_size=8, block_per_row=2)
     inputs = tuple(x.requires_grad_(True) for x in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: attn(a, b, c, mask), inputs)
 
@@ -82,7 +73,7 @@ def test_gradcheck_float64(name):
 def test_any_length_is_finite_with_gradients(name, seq):
     q, k, v, mask = random_inputs(1 if seq == 4096 else 2, 2, seq, 32, seed=seq)
     q, k, v = (x.requires_grad_(True) for x in (q, k, v))
-    out = make(name, head_dim=32)(q, k, v, mask)
+    out = make(name, MAX_LEN, head_dim=32)(q, k, v, mask)
     assert out.shape == q.shape and torch.isfinite(out).all()
     out.square().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
@@ -92,7 +83,7 @@ def test_any_length_is_finite_with_gradients(name, seq):
 def test_length_8192_forward(name):
     q, k, v, mask = random_inputs(1, 2, 8192, 32, lengths=[8000])
     with torch.no_grad():
-        out = make(name, head_dim=32)(q, k, v, mask)
+        out = make(name, MAX_LEN, head_dim=32)(q, k, v, mask)
     assert out.shape == q.shape and torch.isfinite(out).all()
 
 
@@ -100,7 +91,7 @@ def test_length_8192_forward(name):
 @pytest.mark.parametrize("head_dim", [16, 32, 64, 80])
 def test_any_head_dim(name, head_dim):
     q, k, v, mask = random_inputs(2, 2, 200, head_dim, seed=head_dim)
-    out = make(name, head_dim=head_dim, block_per_row=2)(q, k, v, mask)
+    out = make(name, MAX_LEN, head_dim=head_dim, block_per_row=2)(q, k, v, mask)
     assert out.shape == q.shape and torch.isfinite(out).all()
 
 
@@ -109,7 +100,7 @@ def test_input_shorter_than_max_seq_len(name):
     """The budget follows the input: 100 tokens give 4 blocks, so 8 per row covers all 16 pairs
     (the published code sized top-k from max_seq_len and crashed here)."""
     q, k, v, mask = random_inputs(2, 2, 100, 16)
-    out = make(name, max_seq_len=4096, block_per_row=8)(q, k, v, mask)
+    out = make(name, 4096, block_per_row=8)(q, k, v, mask)
     torch.testing.assert_close(out, exact(q, k, v, mask), atol=1e-5, rtol=1e-5)
 
 
@@ -148,7 +139,7 @@ def test_constant_inputs(name):
     q = torch.ones(2, 2, seq, 16)
     v = torch.randn(2, 2, seq, 16, generator=torch.Generator().manual_seed(0))
     mask = torch.arange(seq)[None, :] < torch.tensor([[seq], [150]])
-    out = make(name, block_per_row=2)(q, q, v, mask)
+    out = make(name, MAX_LEN, block_per_row=2)(q, q, v, mask)
     assert torch.isfinite(out).all()
     if name == "mra2":
         torch.testing.assert_close(out, exact(q, q, v, mask), atol=1e-5, rtol=1e-5)
@@ -165,13 +156,13 @@ def test_grid_order_makes_4x8_patches():
 @pytest.mark.parametrize("name", NAMES)
 def test_grid_full_budget_is_exact(name):
     q, k, v, mask = random_inputs(2, 2, 1024, 16)
-    attn = make(name, block_per_row=32, input_shape=[32, 32])
+    attn = make(name, MAX_LEN, block_per_row=32, input_shape=[32, 32])
     torch.testing.assert_close(attn(q, k, v, mask), exact(q, k, v, mask), atol=1e-5, rtol=1e-5)
     # With a partial budget the patches change which pairs are exact, hence the output.
     q, k, v = structured_qkv(1, 2, 1024, 16)
     mask = torch.ones(1, 1024, dtype=torch.bool)
-    grid = make(name, block_per_row=2, input_shape=[32, 32])(q, k, v, mask)
-    flat = make(name, block_per_row=2)(q, k, v, mask)
+    grid = make(name, MAX_LEN, block_per_row=2, input_shape=[32, 32])(q, k, v, mask)
+    flat = make(name, MAX_LEN, block_per_row=2)(q, k, v, mask)
     assert not torch.allclose(grid, flat)
 
 
@@ -184,13 +175,13 @@ def test_grid_full_budget_is_exact(name):
 ])
 def test_bad_options_are_explained(options, message):
     with pytest.raises(AttentionError, match=message):
-        make("mra2", **options)
+        make("mra2", MAX_LEN, **options)
 
 
 def test_grid_length_mismatch_is_explained():
     q, k, v, mask = random_inputs(1, 2, 1000, 16)
     with pytest.raises(AttentionError, match="does not match the sequence length 1000"):
-        make("mra2", input_shape=[32, 32])(q, k, v, mask)
+        make("mra2", MAX_LEN, input_shape=[32, 32])(q, k, v, mask)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -198,7 +189,7 @@ def test_grid_length_mismatch_is_explained():
 def test_low_precision_inputs(name, dtype):
     q, k, v, mask = random_inputs(2, 2, 300, 32)
     q, k, v = (x.to(dtype) for x in (q, k, v))
-    attn = make(name, head_dim=32, block_per_row=2)
+    attn = make(name, MAX_LEN, head_dim=32, block_per_row=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = attn(q, k, v, mask)
     assert out.dtype == dtype

@@ -9,9 +9,10 @@ import copy
 
 import pytest
 import torch
-from conftest import same_draws
+from conftest import make, same_draws
 
-from attention_zoo import attention_class, build_attention, list_attentions
+from attention_zoo import attention_class, list_attentions
+from attention_zoo.masking import suffix_mask
 
 HEADS, HEAD_DIM, SEQ = 2, 16, 96
 
@@ -29,19 +30,13 @@ def test_every_approximation_declares_full_precision():
 def inputs(dtype=torch.float32):
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, HEADS, SEQ, HEAD_DIM, generator=gen).to(dtype) for _ in "qkv")
-    mask = torch.arange(SEQ)[None, :] < torch.tensor([SEQ, 61])[:, None]
-    return q, k, v, mask
-
-
-def make(name):
-    torch.manual_seed(0)
-    return build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=SEQ).eval()
+    return q, k, v, suffix_mask([SEQ, 61], SEQ)
 
 
 @pytest.mark.parametrize("name", list_attentions())
 @torch.no_grad()
 def test_autocast_keeps_full_precision_math_in_fp32(name):
-    attn = make(name)
+    attn = make(name, SEQ, heads=HEADS, head_dim=HEAD_DIM).eval()
     q, k, v, mask = inputs()
     if attn.needs_shared_qk:
         k = q
@@ -62,7 +57,8 @@ def test_autocast_keeps_full_precision_math_in_fp32(name):
 def test_bf16_inputs_are_computed_in_fp32_and_returned_in_bf16(name):
     """bf16 q, k, v under autocast give the fp32 result of those same (rounded) inputs, rounded
     once to bf16 at the end."""
-    attn = same_draws(make(name))  # both calls draw alike (YOSO redraws on every forward)
+    # Both calls draw alike (YOSO redraws on every forward).
+    attn = same_draws(make(name, SEQ, heads=HEADS, head_dim=HEAD_DIM).eval())
     q, k, v, mask = inputs(torch.bfloat16)
     if attn.needs_shared_qk:
         k = q

@@ -9,10 +9,12 @@ import math
 
 import pytest
 import torch
+from conftest import exact, make
 
 from attention_zoo import AttentionError, build_attention
 from attention_zoo.blocks import neighbour_blocks
 from attention_zoo.conv_branch import ConvBranch
+from attention_zoo.masking import suffix_mask
 from attention_zoo.pinv import newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
 from attention_zoo.structured import relative_error, structured_qkv
@@ -20,19 +22,6 @@ from kernels.lsh.reference import bucket_cumulation, simhash_codes
 
 HEADS, DIM = 2, 16
 OURS = ["nystrom", "nystrom_conv", "soft", "soft_conv", "yoso", "yoso_conv", "h_transformer_1d"]
-
-
-def make(name: str, max_len: int, **options):
-    torch.manual_seed(0)
-    return build_attention(name, num_heads=HEADS, head_dim=DIM, max_seq_len=max_len, **options)
-
-
-def suffix_mask(lengths: list[int], seq: int) -> torch.Tensor:
-    return torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def exact_softmax(q, k, v, mask):
-    return make("softmax_naive", q.shape[2]).double()(q, k, v, mask)
 
 
 # ---------------------------------------------------------------- pseudo-inverse
@@ -151,9 +140,9 @@ def errors_over_budget(name: str, option: str, budgets: tuple[int, ...]) -> list
     example) for each budget, printed for `pytest -s`."""
     q, k, v = structured_qkv(2, HEADS, 256, DIM, seed=0, dtype=torch.float64)
     mask = suffix_mask([256, 200], 256)
-    exact = exact_softmax(q, k, v, mask)
-    errors = [relative_error(make(name, 256, **{option: b}).double()(q, k, v, mask), exact, mask)
-              for b in budgets]
+    reference = exact(q, k, v, mask)
+    errors = [relative_error(make(name, 256, **{option: b}).double()(q, k, v, mask), reference,
+                             mask) for b in budgets]
     print(f"\n{name} relative error, {option} {'/'.join(map(str, budgets))}:",
           " ".join(f"{e:.4f}" for e in errors))
     return errors
@@ -172,11 +161,11 @@ def test_nystrom_with_one_token_landmarks_is_exact():
     rounding level."""
     q, k, v = structured_qkv(2, HEADS, 128, DIM, seed=1, dtype=torch.float64)
     mask = suffix_mask([128, 90], 128)  # the second example has 90 one-token landmarks
-    exact = exact_softmax(q, k, v, mask)
+    reference = exact(q, k, v, mask)
     errors = {}
     for steps in (6, 12, 40):
         attn = make("nystrom", 128, num_landmarks=128, pinv_iterations=steps).double()
-        errors[steps] = relative_error(attn(q, k, v, mask), exact, mask)
+        errors[steps] = relative_error(attn(q, k, v, mask), reference, mask)
     print("\nnystrom m = n, relative error vs exact by pinv steps:",
           ", ".join(f"{s}: {e:.1e}" for s, e in errors.items()))
     # Measured 4.2e-2, 4.5e-4 and 1.4e-12; bounds about twice that (100x at rounding level).
@@ -198,7 +187,7 @@ def test_h_transformer_whole_sequence_block_is_exact(seq, block):
     q, k, v = structured_qkv(2, HEADS, seq, DIM, seed=2, dtype=torch.float64)
     mask = suffix_mask([seq, seq - 37], seq)
     out = make("h_transformer_1d", seq, block_size=block).double()(q, k, v, mask)
-    err = relative_error(out, exact_softmax(q, k, v, mask), mask)
+    err = relative_error(out, exact(q, k, v, mask), mask)
     print(f"\nh_transformer_1d seq {seq} block {block}: relative error {err:.1e}")
     assert err < 1e-12
 
@@ -227,7 +216,7 @@ def test_h_transformer_partition_covers_every_pair_once(seq, block):
     q = torch.zeros_like(k)
     mask = suffix_mask([seq, seq // 2 + 1], seq)
     out = make("h_transformer_1d", seq, block_size=block).double()(q, k, v, mask)
-    torch.testing.assert_close(out, exact_softmax(q, k, v, mask), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, exact(q, k, v, mask), rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------- SOFT
@@ -250,9 +239,9 @@ def test_soft_with_token_landmarks_is_exact_gaussian_product():
     v = torch.randn(2, HEADS, seq, DIM, generator=gen, dtype=torch.float64)
     mask = suffix_mask([seq, 40], seq)
     kernel = gaussian_kernel(q, q) * mask[:, None, None, :]
-    exact = kernel @ v
+    reference = kernel @ v
     out = soft_kernel_product(q, q, mask, v, mask, iterations=60)
-    assert relative_error(out, exact, mask) < 1e-9
+    assert relative_error(out, reference, mask) < 1e-9
 
 
 def test_soft_module_matches_a_hand_written_reference():

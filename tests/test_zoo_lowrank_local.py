@@ -7,25 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import exact, make
 
 from attention_zoo import build_attention
+from attention_zoo.masking import suffix_mask
 from attention_zoo.reformer import SELF_LOGIT
 from attention_zoo.structured import relative_error, structured_qkv
 
 HEADS, HEAD_DIM = 2, 16
-
-
-def make(name: str, max_len: int = 512, **options):
-    return build_attention(name, num_heads=HEADS, head_dim=HEAD_DIM, max_seq_len=max_len,
-                           **options)
-
-
-def suffix_mask(seq: int, lengths: list[int]) -> torch.Tensor:
-    return torch.arange(seq)[None, :] < torch.tensor(lengths)[:, None]
-
-
-def exact(q, k, v, mask):
-    return make("softmax_naive", max_len=q.shape[2])(q, k, v, mask)
 
 
 def published_reformer_keys(q):
@@ -56,7 +45,7 @@ BUDGETS = {
 def budget_errors(name: str, seq: int = 512, lengths=(512, 300)) -> list[float]:
     key, budgets, fixed, scale, seeds = BUDGETS[name]
     q, k, v = structured_qkv(2, HEADS, seq, HEAD_DIM, seed=0, scale=scale)
-    mask = suffix_mask(seq, list(lengths))
+    mask = suffix_mask(list(lengths), seq)
     if name == "reformer":
         k = q
     reference = exact(q, reformer_keys(q) if name == "reformer" else k, v, mask)
@@ -93,7 +82,7 @@ def test_error_shrinks_with_budget(name):
 def test_full_budget_is_exact(name, options):
     seq = 300
     q, k, v = structured_qkv(3, HEADS, seq, HEAD_DIM, seed=4)
-    mask = suffix_mask(seq, [300, 170, 1])
+    mask = suffix_mask([300, 170, 1], seq)
     out, reference = make(name, **options).eval()(q, k, v, mask), exact(q, k, v, mask)
     print(f"\n{name} {options}: relative error vs exact {relative_error(out, reference, mask):.2e}")
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
@@ -110,7 +99,7 @@ def reformer_dense(q, v, mask):
 def test_reformer_one_chunk_is_exact_but_for_self():
     seq = 200
     q, _, v = structured_qkv(3, HEADS, seq, HEAD_DIM, seed=5)
-    mask = suffix_mask(seq, [200, 90, 1])
+    mask = suffix_mask([200, 90, 1], seq)
     out = make("reformer", chunk_size=256, seed=0)(q, q, v, mask)
     torch.testing.assert_close(out, reformer_dense(q, v, mask), atol=1e-5, rtol=1e-5)
     # With no other target a token attends to itself: the one-token example returns its value.
@@ -127,7 +116,7 @@ def test_performer_padded_keys_never_counted():
     """Padding gives the same real outputs as the truncated input. Zeroing k or v at padded keys
     would not pass: phi(0) != 0 would still count them in the denominator."""
     q, k, v = structured_qkv(1, HEADS, 200, HEAD_DIM, seed=1, scale=1.0)
-    mask = suffix_mask(200, [120])
+    mask = suffix_mask([120], 200)
     attn = make("performer", seed=0)
     padded = attn(q, k, v, mask)
     trimmed = attn(q[:, :, :120], k[:, :, :120], v[:, :, :120], mask[:, :120])
@@ -157,7 +146,7 @@ def test_performer_kernel_scaled_once():
 
 def test_performer_redraw_policy():
     q, k, v = structured_qkv(1, HEADS, 64, HEAD_DIM, seed=2, scale=1.0)
-    mask = suffix_mask(64, [64])
+    mask = suffix_mask([64], 64)
 
     fixed = make("performer", seed=3).train()
     first = fixed.features.projection.clone()
@@ -195,7 +184,7 @@ def test_performer_redraw_policy():
 def test_linformer_short_inputs_slice_e_and_padding_never_leaks():
     attn = make("linformer", max_len=1024, proj_len=64)
     q, k, v = structured_qkv(2, HEADS, 100, HEAD_DIM, seed=3)
-    mask = suffix_mask(100, [100, 60])
+    mask = suffix_mask([100, 60], 100)
     junk = torch.randn(2, HEADS, 100, HEAD_DIM) * 100
     pad = ~mask[:, None, :, None]
     out = attn(q, torch.where(pad, junk, k), torch.where(pad, junk, v), mask)
@@ -217,7 +206,7 @@ def test_linformer_short_inputs_slice_e_and_padding_never_leaks():
 def test_longformer_global_token_is_symmetric():
     seq = 256
     q, k, v = structured_qkv(1, HEADS, seq, HEAD_DIM, seed=6)
-    mask = suffix_mask(seq, [seq])
+    mask = suffix_mask([seq], seq)
     attn = make("longformer", window=8).eval()  # no attention dropout
     base = attn(q, k, v, mask)
 
@@ -238,7 +227,7 @@ def test_bigbird_pattern():
     """Random blocks only among real blocks, no block twice, last real block global per example."""
     seq, b = 512, 32
     attn = make("bigbird", seed=0)
-    mask = suffix_mask(seq, [512, 300, 20])
+    mask = suffix_mask([512, 300, 20], seq)
     real_blocks = mask.view(3, -1, b).any(-1)
     last = torch.tensor([15, 9, 0])
     index, used = attn.key_blocks(real_blocks, torch.stack([torch.zeros_like(last), last], -1))
