@@ -1,7 +1,8 @@
 """`make mutation`: a mutmut run over the core modules, and its report.
 
     python tools/mutation.py [--mutate lra/model.py ...] [--tests tests/test_model.py ...]
-                             [--out results/mutation/report.md] [--jobs 1]
+                             [-k "pytest -k expression"] [--out results/mutation/report.md]
+                             [--jobs 1]
 
 mutmut (the optional `mutation` extra) changes one operator, constant or call at a time in the
 modules given, runs the tests that reach the changed function, and calls the mutant killed when
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutate", nargs="+", default=CORE, help="files or globs to mutate")
     parser.add_argument("--tests", nargs="+", default=["tests"], help="pytest selection")
+    parser.add_argument("-k", dest="keyword", help="pytest -k expression narrowing --tests")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "mutation" / "report.md")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("error: mutmut is not installed; run: pip install -e '.[mutation]'")
     command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     scratch_copy(args.work)
-    configure(args.work, args.mutate, args.tests)
+    tests = args.tests + (["-k", args.keyword] if args.keyword else [])
+    configure(args.work, args.mutate, tests)
     subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
                     str(args.jobs)], cwd=args.work, check=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
