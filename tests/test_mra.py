@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attention_zoo import AttentionError, build_attention
-from attention_zoo.mra import grid_order, select_blocks
+from attention_zoo.mra import grid_order, mra_attention, patch_shape, select_blocks
 from attention_zoo.structured import relative_error, structured_qkv
 
 NAMES = ["mra2", "mra2_s"]
@@ -217,3 +217,25 @@ def test_low_precision_inputs(name, dtype):
     assert out.dtype == dtype
     reference = attn(q.float(), k.float(), v.float(), mask)
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_patch_shape_takes_a_row_or_a_column_when_only_that_tiles():
+    """A grid 3 tokens high takes 1 x 32 patches; 3 wide, 32 x 1; otherwise the most square."""
+    assert patch_shape(3, 64, 32) == (1, 32)
+    assert patch_shape(64, 3, 32) == (32, 1)
+    assert patch_shape(32, 32, 32) == (4, 8) and patch_shape(16, 16, 16) == (4, 4)
+
+
+def test_mra_attention_defaults_to_no_priors_and_the_example_budget():
+    """Called without them, mra_attention has no priors, sizes the budget from each example's
+    real blocks and uses the reference kernel; each prior changes the result on these inputs."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 64, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    mask = torch.arange(64)[None] < torch.tensor([[64], [41]])
+    common = dict(block_size=8, block_per_row=1, approx_mode="sparse")
+    default = mra_attention(q, k, v, mask, **common)
+    explicit = mra_attention(q, k, v, mask, first_n=0, diagonal_n=0, budget_blocks=None,
+                             **common)
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    for prior in ({"first_n": 1}, {"diagonal_n": 1}, {"budget_blocks": 16}):
+        assert (mra_attention(q, k, v, mask, **prior, **common) - default).abs().max() > 1e-3
