@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attention_zoo import AttentionError, build_attention
-from attention_zoo.mra import grid_order, mra_attention, patch_shape, select_blocks
+from attention_zoo.mra import grid_order, mra_attention, patch_shape, prior_tiers, select_blocks
 from attention_zoo.structured import relative_error, structured_qkv
 
 NAMES = ["mra2", "mra2_s"]
@@ -202,7 +202,8 @@ def test_bad_options_are_explained(options, message):
 
 def test_grid_length_mismatch_is_explained():
     q, k, v, mask = random_inputs(1, 2, 1000, 16)
-    with pytest.raises(AttentionError, match="does not match the sequence length 1000"):
+    with pytest.raises(AttentionError, match=r"^mra2: input_shape 32 x 32 = 1024 tokens does not "
+                                             r"match the sequence length 1000$"):
         make("mra2", input_shape=[32, 32])(q, k, v, mask)
 
 
@@ -239,3 +240,24 @@ def test_mra_attention_defaults_to_no_priors_and_the_example_budget():
     torch.testing.assert_close(default, explicit, rtol=0, atol=0)
     for prior in ({"first_n": 1}, {"diagonal_n": 1}, {"budget_blocks": 16}):
         assert (mra_attention(q, k, v, mask, **prior, **common) - default).abs().max() > 1e-3
+
+
+def test_prior_tiers_count_the_band_and_the_first_blocks():
+    """diagonal_n = 4 marks |row - col| <= 2 (n // 2, as published), first_n = 2 the first two
+    rows and columns; a pair in both counts 2."""
+    idx = torch.arange(6)
+    band = ((idx[:, None] - idx[None, :]).abs() <= 2).long()
+    first = ((idx[:, None] < 2) | (idx[None, :] < 2)).long()
+    cpu = torch.device("cpu")
+    assert torch.equal(prior_tiers(6, 0, 4, cpu), band)
+    assert torch.equal(prior_tiers(6, 0, 5, cpu), band)
+    assert torch.equal(prior_tiers(6, 2, 0, cpu), first)
+    assert torch.equal(prior_tiers(6, 2, 4, cpu), band + first)
+
+
+def test_unknown_approx_mode_is_explained():
+    q = torch.randn(1, 1, 16, 4)
+    with pytest.raises(AttentionError, match=r"^mra: approx_mode must be 'full' or 'sparse', "
+                                             r"got 'dense'$"):
+        mra_attention(q, q, q, torch.ones(1, 16, dtype=torch.bool), block_size=8,
+                      block_per_row=1, approx_mode="dense")
