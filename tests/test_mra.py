@@ -190,14 +190,28 @@ def test_grid_full_budget_is_exact(name):
 
 @pytest.mark.parametrize("options, message", [
     ({"input_shape": [30, 30]}, "tiles"),
+    ({"input_shape": [3, 8]}, "tiles"),  # an 8 x 8 grid would tile: the height is checked
     ({"input_shape": [32]}, r"\[H, W\]"),
-    ({"block_size": 0}, "block_size"),
-    ({"block_per_row": 0}, "block_per_row"),
+    ({"input_shape": [0, 4]}, r"^mra: input_shape must be \[H, W\] with two positive ints, "
+                              r"got \[0, 4\]$"),
+    ({"input_shape": [True, 4]}, r"two positive ints, got \[True, 4\]$"),
+    ({"block_size": 0}, r"^mra: block_size must be an int >= 1, got 0$"),
+    ({"block_per_row": 0}, r"^mra: block_per_row must be an int >= 1, got 0$"),
     ({"initial_prior_first_n_blocks": -1}, "initial_prior_first_n_blocks"),
+    ({"initial_prior_diagonal_n_blocks": -1},
+     r"^mra: initial_prior_diagonal_n_blocks must be an int >= 0, got -1$"),
+    ({"backend": "x"}, r"^mra: backend must be one of .*, got 'x'$"),
+    ({"budget_from": "x"}, r"^mra: budget_from must be one of max_seq_len, real_length, "
+                           r"got 'x'$"),
 ])
 def test_bad_options_are_explained(options, message):
     with pytest.raises(AttentionError, match=message):
         make("mra2", **options)
+
+
+def test_smallest_options_are_accepted():
+    make("mra2", block_size=1, block_per_row=1)
+    make("mra2", input_shape=[1, 32])
 
 
 def test_grid_length_mismatch_is_explained():
