@@ -1,11 +1,12 @@
-"""The encoder: padding never reaches the pooled output, pair heads, and it can learn."""
+"""The encoder: padding never reaches the pooled output, pair heads, it can learn; the projection
+to heads, pooling against the final norm, the option errors and the embedding init."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lra.model import AttentionSpec, Classifier, Encoder, ModelConfig
+from lra.model import AttentionLayer, AttentionSpec, Classifier, Encoder, ModelConfig
 
 
 def tokens_and_mask(batch, seq, lengths, vocab=20, seed=0):
@@ -73,3 +74,74 @@ def test_tiny_model_overfits_64_examples():
     model.eval()
     accuracy = (model(tokens, mask).argmax(-1) == labels).float().mean().item()
     assert accuracy >= 0.95, f"train accuracy {accuracy:.3f} after 300 steps"
+
+
+def recorded_qkv(layer: AttentionLayer, x: torch.Tensor, mask: torch.Tensor):
+    """The q, k, v the layer's attention receives."""
+    seen = []
+    attend = layer.attn.forward
+    layer.attn.forward = lambda q, k, v, m: seen.append((q, k, v)) or attend(q, k, v, m)
+    layer(x, mask)
+    return seen[0]
+
+
+@pytest.mark.parametrize("attention, parts", [("softmax", 3), ("reformer", 2)])
+def test_projection_splits_into_heads_and_shares_qk_when_asked(attention, parts):
+    """(batch, seq, parts * heads * head_dim) -> q, k, v (batch, heads, seq, head_dim), in the
+    order q, k, v; an attention that needs shared q/k (Reformer, SOFT) gets k = q from one
+    projection of two parts (q and v)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=8, num_heads=2, head_dim=4)
+    layer = AttentionLayer(cfg, AttentionSpec(attention), max_seq_len=16)
+    assert layer.qkv.out_features == parts * 2 * 4
+    x, mask = torch.randn(3, 16, 8), torch.ones(3, 16, dtype=torch.bool)
+    q, k, v = recorded_qkv(layer, x, mask)
+    # Column block i of the projection is part i; inside it, head h holds columns h*4 .. h*4+3.
+    chunks = [c.view(3, 16, 2, 4).transpose(1, 2) for c in layer.qkv(x).chunk(parts, dim=-1)]
+    expected = (chunks[0], chunks[0], chunks[1]) if parts == 2 else tuple(chunks)
+    for got, want in zip((q, k, v), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_bad_pooling_and_head_activation_are_explained():
+    with pytest.raises(ValueError, match=r"^model.pooling must be one of mean_over_max_len, "
+                                         r"mean, cls, got 'max'$"):
+        Encoder(ModelConfig(pooling="max"), AttentionSpec(), vocab_size=5, max_len=8)
+    with pytest.raises(ValueError, match=r"^model.head_activation must be one of relu, gelu, "
+                                         r"got 'tanh'$"):
+        Classifier(ModelConfig(head_activation="tanh"), AttentionSpec(), vocab_size=5,
+                   max_len=8, num_classes=2)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "mean_over_max_len", "cls"])
+def test_pooling_reads_the_final_norm_of_the_real_tokens(pooling):
+    """The pooled vector against the final LayerNorm's output h (batch, seq, dim): the mean of h
+    over each example's real tokens (one example has a single token), their sum over
+    task.max_len, or h at the prepended cls position."""
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(dim=8, num_heads=2, head_dim=4, ffn_dim=16, pooling=pooling),
+                  AttentionSpec("softmax_naive"), vocab_size=10, max_len=9).eval()
+    seen = []
+    enc.norm.register_forward_hook(lambda module, args, out: seen.append(out))
+    lengths = torch.tensor([7, 1, 4])
+    mask = torch.arange(7)[None] < lengths[:, None]
+    tokens = torch.randint(1, 10, (3, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        pooled = enc(tokens, mask)
+    h = seen[0]
+    if pooling == "cls":
+        assert h.shape == (3, 8, 8)
+        expected = h[:, 0]
+    else:
+        sums = torch.stack([h[i, :n].sum(0) for i, n in enumerate(lengths.tolist())])
+        expected = sums / (lengths[:, None] if pooling == "mean" else 9)
+    torch.testing.assert_close(pooled, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_embeddings_start_at_the_harness_scale():
+    """Token and position embeddings are drawn from N(0, 0.02^2), as the published harness does
+    (6400 and 3200 draws: the sample std is within 3% of 0.02)."""
+    torch.manual_seed(0)
+    enc = Encoder(ModelConfig(), AttentionSpec("softmax"), vocab_size=100, max_len=50)
+    for table in (enc.tokens.weight, enc.positions.weight):
+        assert abs(table.std().item() - 0.02) < 0.0006 and abs(table.mean().item()) < 0.001

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import exact, make
 
-from attention_zoo import AttentionError
+from attention_zoo import AttentionError, build_attention
 from attention_zoo.masking import suffix_mask
-from attention_zoo.mra import grid_order, select_blocks
+from attention_zoo.mra import grid_order, mra_attention, patch_shape, prior_tiers, select_blocks
 from attention_zoo.structured import relative_error, structured_qkv
 
 NAMES = ["mra2", "mra2_s"]
@@ -39,6 +39,15 @@ def test_full_budget_is_exact_softmax(name, dtype, tol, seq):
     torch.testing.assert_close(out, exact(q, k, v, mask), atol=tol, rtol=tol)
 
 
+# Relative error at block_per_row 1, 2, 4, 8 (test_error_falls_with_budget, measured on CPU).
+MEASURED = {
+    ("mra2", 512): (0.4488, 0.3634, 0.1065, 0.0004),
+    ("mra2_s", 512): (0.8900, 0.5335, 0.1173, 0.0005),
+    ("mra2", 1024): (0.4936, 0.4155, 0.1854, 0.0259),
+    ("mra2_s", 1024): (1.4971, 1.0101, 0.3394, 0.0425),
+}
+
+
 @pytest.mark.parametrize("seq", [512, 1024])
 def test_error_falls_with_budget(seq):
     q, k, v = structured_qkv(2, 2, seq, 32, seed=0)
@@ -55,6 +64,10 @@ def test_error_falls_with_budget(seq):
               + ", ".join(f"{e:.4f}" for e in errors[name]))
     for name in NAMES:
         assert all(a > b for a, b in zip(errors[name], errors[name][1:], strict=False)), errors
+        # Each error within 1.5x of the one measured (deterministic inputs, so a regression of
+        # the approximation shows here even if the order survives).
+        assert all(e < 1.5 * m for e, m in zip(errors[name], MEASURED[name, seq], strict=True)), \
+            errors
     # The low-resolution term only helps on these inputs.
     assert all(f <= s for f, s in zip(errors["mra2"], errors["mra2_s"], strict=True)), errors
 
@@ -168,19 +181,34 @@ def test_grid_full_budget_is_exact(name):
 
 @pytest.mark.parametrize("options, message", [
     ({"input_shape": [30, 30]}, "tiles"),
+    ({"input_shape": [3, 8]}, "tiles"),  # an 8 x 8 grid would tile: the height is checked
     ({"input_shape": [32]}, r"\[H, W\]"),
-    ({"block_size": 0}, "block_size"),
-    ({"block_per_row": 0}, "block_per_row"),
+    ({"input_shape": [0, 4]}, r"^mra: input_shape must be \[H, W\] with two positive ints, "
+                              r"got \[0, 4\]$"),
+    ({"input_shape": [True, 4]}, r"two positive ints, got \[True, 4\]$"),
+    ({"block_size": 0}, r"^mra: block_size must be an int >= 1, got 0$"),
+    ({"block_per_row": 0}, r"^mra: block_per_row must be an int >= 1, got 0$"),
     ({"initial_prior_first_n_blocks": -1}, "initial_prior_first_n_blocks"),
+    ({"initial_prior_diagonal_n_blocks": -1},
+     r"^mra: initial_prior_diagonal_n_blocks must be an int >= 0, got -1$"),
+    ({"backend": "x"}, r"^mra: backend must be one of .*, got 'x'$"),
+    ({"budget_from": "x"}, r"^mra: budget_from must be one of max_seq_len, real_length, "
+                           r"got 'x'$"),
 ])
 def test_bad_options_are_explained(options, message):
     with pytest.raises(AttentionError, match=message):
         make("mra2", MAX_LEN, **options)
 
 
+def test_smallest_options_are_accepted():
+    make("mra2", block_size=1, block_per_row=1)
+    make("mra2", input_shape=[1, 32])
+
+
 def test_grid_length_mismatch_is_explained():
     q, k, v, mask = random_inputs(1, 2, 1000, 16)
-    with pytest.raises(AttentionError, match="does not match the sequence length 1000"):
+    with pytest.raises(AttentionError, match=r"^mra2: input_shape 32 x 32 = 1024 tokens does not "
+                                             r"match the sequence length 1000$"):
         make("mra2", MAX_LEN, input_shape=[32, 32])(q, k, v, mask)
 
 
@@ -195,3 +223,46 @@ def test_low_precision_inputs(name, dtype):
     assert out.dtype == dtype
     reference = attn(q.float(), k.float(), v.float(), mask)
     torch.testing.assert_close(out.float(), reference, atol=2e-2, rtol=2e-2)
+
+
+def test_patch_shape_takes_a_row_or_a_column_when_only_that_tiles():
+    """A grid 3 tokens high takes 1 x 32 patches; 3 wide, 32 x 1; otherwise the most square."""
+    assert patch_shape(3, 64, 32) == (1, 32)
+    assert patch_shape(64, 3, 32) == (32, 1)
+    assert patch_shape(32, 32, 32) == (4, 8) and patch_shape(16, 16, 16) == (4, 4)
+
+
+def test_mra_attention_defaults_to_no_priors_and_the_example_budget():
+    """Called without them, mra_attention has no priors, sizes the budget from each example's
+    real blocks and uses the reference kernel; each prior changes the result on these inputs."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 64, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    mask = torch.arange(64)[None] < torch.tensor([[64], [41]])
+    common = dict(block_size=8, block_per_row=1, approx_mode="sparse")
+    default = mra_attention(q, k, v, mask, **common)
+    explicit = mra_attention(q, k, v, mask, first_n=0, diagonal_n=0, budget_blocks=None,
+                             **common)
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    for prior in ({"first_n": 1}, {"diagonal_n": 1}, {"budget_blocks": 16}):
+        assert (mra_attention(q, k, v, mask, **prior, **common) - default).abs().max() > 1e-3
+
+
+def test_prior_tiers_count_the_band_and_the_first_blocks():
+    """diagonal_n = 4 marks |row - col| <= 2 (n // 2, as published), first_n = 2 the first two
+    rows and columns; a pair in both counts 2."""
+    idx = torch.arange(6)
+    band = ((idx[:, None] - idx[None, :]).abs() <= 2).long()
+    first = ((idx[:, None] < 2) | (idx[None, :] < 2)).long()
+    cpu = torch.device("cpu")
+    assert torch.equal(prior_tiers(6, 0, 4, cpu), band)
+    assert torch.equal(prior_tiers(6, 0, 5, cpu), band)
+    assert torch.equal(prior_tiers(6, 2, 0, cpu), first)
+    assert torch.equal(prior_tiers(6, 2, 4, cpu), band + first)
+
+
+def test_unknown_approx_mode_is_explained():
+    q = torch.randn(1, 1, 16, 4)
+    with pytest.raises(AttentionError, match=r"^mra: approx_mode must be 'full' or 'sparse', "
+                                             r"got 'dense'$"):
+        mra_attention(q, q, q, torch.ones(1, 16, dtype=torch.bool), block_size=8,
+                      block_per_row=1, approx_mode="dense")

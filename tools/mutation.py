@@ -1,13 +1,17 @@
 """`make mutation`: a mutmut run over the core modules, and its report.
 
     python tools/mutation.py [--mutate lra/model.py ...] [--tests tests/test_model.py ...]
-                             [--out results/mutation/report.md] [--jobs 1]
+                             [-k "pytest -k expression"] [--out results/mutation/report.md]
+                             [--jobs 1] [--recheck]
 
 mutmut (the optional `mutation` extra) changes one operator, constant or call at a time in the
 modules given, runs the tests that reach the changed function, and calls the mutant killed when
 one fails. A surviving mutant is a behaviour change no test notices: kill it with a test, or
 justify it as equivalent (results/mutation/README.md). The run happens in a scratch copy of the
-checkout (build/mutation/), so the checkout itself is never mutated. Slow: each mutant reruns its
+checkout (build/mutation/), so the checkout itself is never mutated. After writing tests that
+kill survivors, `--recheck` (same --work and --out) copies the checkout's tests/ into the scratch
+copy and reruns only the mutants not killed; the selection must not change (a new test must sit
+in a file it already names), or mutmut discards every result. Slow: each mutant reruns its
 tests (the whole core is hours on 2 cores; one module with its own tests, minutes).
 """
 
@@ -62,12 +66,21 @@ def module_of(mutant: str) -> str:
     return dotted.replace(".", "/") + ".py"
 
 
-def report(work: Path, command: str) -> str:
+def statuses_of(work: Path) -> dict[str, str]:
     statuses = {}
     for line in mutmut(work, "results", "--all", "true").splitlines():
         name, sep, status = line.strip().rpartition(": ")
         if sep:
             statuses[name] = status
+    return statuses
+
+
+def not_killed(statuses: dict[str, str]) -> list[str]:
+    return sorted(n for n, s in statuses.items() if s not in ("killed", "timeout"))
+
+
+def report(work: Path, command: str) -> str:
+    statuses = statuses_of(work)
     counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for name, status in statuses.items():
         counts[module_of(name)][status] += 1
@@ -80,7 +93,7 @@ def report(work: Path, command: str) -> str:
         killed = c["killed"] + c["timeout"]
         out.append(f"| {module} | {total} | " + " | ".join(str(c[k]) for k in kinds)
                    + f" | {killed / total:.1%} |")
-    survivors = sorted(n for n, s in statuses.items() if s not in ("killed", "timeout"))
+    survivors = not_killed(statuses)
     out.append(f"\n## Not killed ({len(survivors)})\n")
     for name in survivors:
         out.append("```diff\n" + mutmut(work, "show", name, check=False).strip() + "\n```\n")
@@ -92,17 +105,29 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mutate", nargs="+", default=CORE, help="files or globs to mutate")
     parser.add_argument("--tests", nargs="+", default=["tests"], help="pytest selection")
+    parser.add_argument("-k", dest="keyword", help="pytest -k expression narrowing --tests")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "mutation" / "report.md")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run at once")
     parser.add_argument("--work", type=Path, default=ROOT / "build" / "mutation")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun only the mutants not killed in --work, with today's tests/")
     args = parser.parse_args(argv)
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         sys.exit("error: mutmut is not installed; run: pip install -e '.[mutation]'")
     command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    scratch_copy(args.work)
-    configure(args.work, args.mutate, args.tests)
+    first = args.work / "mutation-command.txt"
+    mutants: list[str] = []
+    if args.recheck:
+        shutil.copytree(ROOT / "tests", args.work / "tests", dirs_exist_ok=True)
+        mutants = not_killed(statuses_of(args.work))
+        command = f"{first.read_text().strip()}`, then `{command.strip()}"
+    else:
+        scratch_copy(args.work)
+        tests = args.tests + (["-k", args.keyword] if args.keyword else [])
+        configure(args.work, args.mutate, tests)
+        first.write_text(command)
     subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
-                    str(args.jobs)], cwd=args.work, check=False)
+                    str(args.jobs), *mutants], cwd=args.work, check=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(args.work, command.strip()))
     print(f"written: {args.out}")
