@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import exact, make
 
-from attention_zoo import AttentionError, build_attention
+from attention_zoo import AttentionError
 from attention_zoo.masking import suffix_mask
 from attention_zoo.mra import grid_order, mra_attention, patch_shape, prior_tiers, select_blocks
 from attention_zoo.structured import relative_error, structured_qkv
