@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", choices=["auto", "all"], default="all",
                    help="kernel-backed attentions: every backend that loads, or auto's pick")
     p.add_argument("--threads", type=int, help="torch CPU threads (profile's; default all)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default here: %(default)s, cuda when one is visible)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: results/bench/local/<profile>, ignored by git, "
                         "so a run never overwrites the tracked results; those were written with "
