@@ -12,20 +12,28 @@ from omegaconf import OmegaConf
 
 from attention_zoo import AttentionError, build_attention, list_attentions, make_options
 from attention_zoo import options_class as attention_options
-from lra.config import ConfigError, LoggerConfig, TrainerConfig, fingerprint, load_config
+from lra.config import (ConfigError, LoggerConfig, TaskConfig, TrainerConfig, fingerprint,
+                        load_config)
 from lra.data import DataConfig
 from lra.model import ModelConfig, Pooling
 from tests.test_configs import CONF, TASKS, composed
 
 # conf/<group>/*.yaml -> the dataclass its keys belong to.
 GROUP_SCHEMAS = {"trainer": TrainerConfig, "model": ModelConfig, "logger": LoggerConfig,
-                 "data": DataConfig}
+                 "data": DataConfig, "task": TaskConfig}
 
 
 def restated_defaults(values: dict, defaults: object) -> list[str]:
-    """The keys of `values` whose value equals the field's default in `defaults`."""
+    """The keys of `values` whose value equals the field's default in `defaults` (a dataclass
+    instance, or a dataclass whose required fields have no default)."""
+    if isinstance(defaults, type):
+        defaults = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING
+                             else f.default) for f in dataclasses.fields(defaults)}
+        defaults = {k: v for k, v in defaults.items() if v not in (dataclasses.MISSING, "???")}
+    else:
+        defaults = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
     return [key for key, value in values.items()
-            if key != "defaults" and value == getattr(defaults, key)]
+            if key != "defaults" and key in defaults and value == defaults[key]]
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "attention").glob("*.yaml")), ids=lambda p: p.stem)
@@ -41,7 +49,8 @@ def test_no_attention_yaml_restates_a_default(path):
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_no_group_yaml_restates_a_default(path):
     content = OmegaConf.to_container(OmegaConf.load(path)) or {}
-    restated = restated_defaults(content, GROUP_SCHEMAS[path.parent.name]())
+    schema = GROUP_SCHEMAS[path.parent.name]
+    restated = restated_defaults(content, schema if schema is TaskConfig else schema())
     assert not restated, f"{path.relative_to(CONF.parent)} restates the default of {restated}"
 
 
