@@ -30,7 +30,7 @@ def test_demo_trains_the_sweep_and_writes_its_tables(tiny_data_root, tmp_path, c
         assert float(row["test_accuracy"]) == summary["test_accuracy"]
         assert float(row["best_dev_accuracy"]) == summary["best_dev_accuracy"]
     table = (tmp_path / "demo" / "results.md").read_text()
-    assert table.startswith("# lra-zoo demo (offline mini suite")
+    assert table.startswith("# lra-zoo demo: mini ListOps [MINI DATA")
     assert "MINI DATA" in table.splitlines()[0]
     printed = capsys.readouterr().out
     assert table in printed  # printed as well as written

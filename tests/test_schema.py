@@ -12,8 +12,14 @@ from omegaconf import OmegaConf
 
 from attention_zoo import AttentionError, build_attention, list_attentions, make_options
 from attention_zoo import options_class as attention_options
-from lra.config import (ConfigError, LoggerConfig, TaskConfig, TrainerConfig, fingerprint,
-                        load_config)
+from lra.config import (
+    ConfigError,
+    LoggerConfig,
+    TaskConfig,
+    TrainerConfig,
+    fingerprint,
+    load_config,
+)
 from lra.data import DataConfig
 from lra.model import ModelConfig, Pooling
 from tests.test_configs import CONF, TASKS, composed

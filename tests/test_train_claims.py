@@ -9,6 +9,7 @@ an evaluation would be off by orders of magnitude.
 
 from __future__ import annotations
 
+import enum
 import json
 import types
 from pathlib import Path
@@ -171,8 +172,13 @@ def changed(value):
     """A different value of the same kind."""
     if isinstance(value, bool):
         return not value
-    if isinstance(value, (int, float)):
+    if isinstance(value, enum.Enum):  # another member: the dataclasses refuse other strings
+        members = list(type(value))
+        return members[(members.index(value) + 1) % len(members)]
+    if isinstance(value, int):
         return value * 2 + 1
+    if isinstance(value, float):  # stays a valid rate or fraction (dropout, eps, lr)
+        return value / 2 + 0.25
     if isinstance(value, str):
         return value + "_x"
     if isinstance(value, list):
@@ -189,7 +195,12 @@ def with_changed(cfg: Config, key: str) -> Config:
     node = tree
     for part in parents:
         node = node[part]
-    node[leaf] = changed(node[leaf])
+    ref_type = OmegaConf.select(OmegaConf.structured(cfg), ".".join(parents) or "")
+    ref_type = ref_type._get_node(leaf)._metadata.ref_type
+    if node[leaf] is None and isinstance(ref_type, type) and issubclass(ref_type, enum.Enum):
+        node[leaf] = next(iter(ref_type))  # an unset choice: set it to one
+    else:
+        node[leaf] = changed(node[leaf])
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), tree))
 
 
