@@ -87,9 +87,9 @@ def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> 
 def _majority_line(ax, accuracy: float, label: str) -> None:
     """The accuracy of always answering the training split's most frequent class: the floor a
     trained model must clear."""
-    ax.axhline(100 * accuracy, ls=":", c="grey", lw=1)
-    ax.annotate(label, (0.01, 100 * accuracy), xycoords=("axes fraction", "data"),
-                xytext=(0, 2), textcoords="offset points", fontsize=7, color="grey")
+    ax.axhline(100 * accuracy, ls=":", c="grey", lw=1, label=label)
+    # A legend, not a text on the line: the line runs through the points' labels at chance.
+    ax.legend(loc="best", fontsize=7, frameon=False, labelcolor="grey")
 
 
 def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path) -> None:
