@@ -137,3 +137,19 @@ def test_an_oom_skips_the_longer_lengths_of_its_series(monkeypatch):
     monkeypatch.setattr(efficiency, "cell", fake_cell)
     got = list(efficiency.series("softmax", "-", [64, 128, 256], [1], 2, 32, "cpu", 1))
     assert [r["status"] for r in got] == ["ok", "oom", "skipped: oom at n=128"]
+
+
+def test_peers_asked_for_but_not_installed_are_said(monkeypatch, tmp_path, capsys):
+    """--peers never compares silently with nobody: none installed is an error naming the extra,
+    some missing is a warning naming them."""
+    from lra.bench import study
+    monkeypatch.setattr(study, "installed_peers", lambda: [])
+    with pytest.raises(SystemExit):
+        study.main(["--profile", "quick", "--peers", "--attentions", "softmax",
+                    "--out", str(tmp_path)])
+    assert "no peer package is installed; pip install -e '.[peers]'" in capsys.readouterr().err
+    monkeypatch.setattr(study, "installed_peers", lambda: study.PEERS[:1])
+    assert study.main(["--profile", "quick", "--peers", "--attentions", "softmax",
+                       "--parts", "approximation", "--out", str(tmp_path)]) == 0
+    missing = ", ".join(p.package for p in study.PEERS[1:])
+    assert f"warning: --peers: not installed, so not compared: {missing}" in capsys.readouterr().out

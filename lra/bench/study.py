@@ -17,6 +17,7 @@ from data_prep.atomic import atomic_write_text
 from ..results import to_csv
 from . import approximation as approx
 from . import efficiency, plots, report, roofline
+from .peers import PEERS
 from .peers import installed as installed_peers
 from .profiles import BUDGETS, PROFILES, budget_options, describe
 
@@ -186,6 +187,14 @@ def study(args, argv: list[str] | None) -> int:
 
     def log(line: str) -> None:
         print(line, flush=True)
+
+    if args.peers:  # never a silent comparison with nobody
+        missing = [p.package for p in PEERS if p not in installed_peers()]
+        if len(missing) == len(PEERS):
+            parser().error("--peers: no peer package is installed; pip install -e '.[peers]'")
+        if missing:
+            log(f"warning: --peers: not installed, so not compared: {', '.join(missing)} "
+                "(pip install -e '.[peers]')")
 
     eff = efficiency_rows(names, cfg, args, log) if "efficiency" in args.parts else []
     app = approximation_rows(names, cfg, args, log) if "approximation" in args.parts else []
