@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from lra.config import load_config
 from lra.schedules import lr_factor
 from tests.conftest import ROOT
-from tests.test_configs import CONF, TASKS, composed
+from tests.test_configs import ATTENTION_CONFIGS, CONF, TASKS, composed
 
 # The original LRA protocol (JAX configs): dim / heads / layers / FFN, pooling, batch, peak lr,
 # schedule, warmup, steps, weight decay, dropout. Retrieval takes Text's schedule (warmup 8000).
@@ -52,8 +52,8 @@ def test_every_cell_with_an_attention_preset_validates_under_lra_original():
     """A cell that fails validation would stop `make lra-all PROTOCOL=lra_original` midway, as
     its CLS pooling once did with MRA's 2-D image grid. Cells of attentions without a per-task
     preset compose the protocol's files as softmax's do (small_protocol's cells: test_configs)."""
-    presets = {p.stem.split("_" + t)[0] for p in (CONF / "attention_task").glob("*.yaml")
-               for t in TASKS if p.stem.endswith("_" + t)}
+    presets = {a for a in ATTENTION_CONFIGS for t in TASKS
+               if (CONF / "attention_task" / f"{a}_{t}.yaml").exists()}
     for attention in sorted(presets | {"softmax"}):
         for task in TASKS:
             cfg = load_config(composed("protocol=lra_original", f"task={task}",

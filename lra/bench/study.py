@@ -189,7 +189,8 @@ def study(args, argv: list[str] | None) -> int:
         print(line, flush=True)
 
     if args.peers:  # never a silent comparison with nobody
-        missing = [p.package for p in PEERS if p not in installed_peers()]
+        present = installed_peers()
+        missing = [p.package for p in PEERS if p not in present]
         if len(missing) == len(PEERS):
             parser().error("--peers: no peer package is installed; pip install -e '.[peers]'")
         if missing:
