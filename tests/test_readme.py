@@ -9,7 +9,7 @@ Each command (a `make` target stands for its Makefile recipe) is checked by what
   the mini suite, and the commands that need the LRA release or build full-size data are only
   parsed (they would take minutes or need files a fresh clone lacks).
 - `lra.bench`: runs as written at length 64, structured inputs, one budget point (`make bench`
-  for two attentions).
+  for two attentions); `--peers` without the `peers` extra must stop with a line naming it.
 The whole check runs serially in one test so that a results command sees the runs before it.
 """
 
@@ -28,6 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from data_prep import listops
 from data_prep.__main__ import parser as data_prep_parser
 from lra import bench, results
+from lra.bench import peers
 from lra.config import load_config
 from lra.overrides import check_overrides
 from tests.conftest import ROOT, run_train
@@ -123,7 +124,7 @@ def check_train(args: list[str], cwd: Path, roots: dict[str, Path]) -> str:
 
 
 def check_python(module: str, args: list[str], cwd: Path, roots: dict[str, Path],
-                 monkeypatch) -> str:
+                 monkeypatch, capsys) -> str:
     if module == "lra.train":
         return check_train(args, cwd, roots)
     if module == "lra.demo":
@@ -152,6 +153,13 @@ def check_python(module: str, args: list[str], cwd: Path, roots: dict[str, Path]
         # As written, at one short length (the later flags win); `make bench`'s whole zoo is
         # cut to two attentions, one of them kernel-backed.
         few = [] if "--attentions" in args else ["--attentions", "softmax", "mra2"]
+        if "--peers" in args and not peers.installed():
+            # The README names the extra; without it the command must say so and stop.
+            with pytest.raises(SystemExit) as stop:
+                bench.main([*args, *few, "--out", str(cwd / "bench")])
+            assert stop.value.code == 2
+            assert ".[peers]" in capsys.readouterr().err
+            return "refused, naming the peers extra (not installed here)"
         assert bench.main([*args, *few, "--lengths", "64", "--approx-len", "64",
                            "--inputs", "structured", "--budget-points", "1", "--repeats", "1",
                            "--out", str(cwd / "bench")]) == 0
@@ -160,7 +168,7 @@ def check_python(module: str, args: list[str], cwd: Path, roots: dict[str, Path]
     raise AssertionError(f"the README test has no rule for python -m {module}")
 
 
-def check_command(command: list[str], cwd, roots, monkeypatch) -> list[str]:
+def check_command(command: list[str], cwd, roots, monkeypatch, capsys) -> list[str]:
     """Check one command; returns what was done, one line per command run."""
     line = " ".join(command)
     if command[0] == "make":
@@ -168,9 +176,10 @@ def check_command(command: list[str], cwd, roots, monkeypatch) -> list[str]:
         if reason:
             return [f"{line}: not run: {reason}"]
         return [f"{line} -> {done}" for step in make_recipe(command[1])
-                for done in check_command(step, cwd, roots, monkeypatch)]
+                for done in check_command(step, cwd, roots, monkeypatch, capsys)]
     assert command[0] in PYTHONS and command[1] == "-m", f"not a python -m command: {line}"
-    return [f"{line}: " + check_python(command[2], command[3:], cwd, roots, monkeypatch)]
+    return [f"{line}: " + check_python(command[2], command[3:], cwd, roots, monkeypatch,
+                                          capsys)]
 
 
 def test_the_readme_has_the_commands_this_test_knows():
@@ -182,12 +191,12 @@ def test_the_readme_has_the_commands_this_test_knows():
 
 
 def test_every_readme_command_runs_as_written(tiny_data_root, lra_tiny_root, tmp_path,
-                                              monkeypatch):
+                                              monkeypatch, capsys):
     roots = {"mini": tiny_data_root, "lra": lra_tiny_root}
     done = []
     for command in readme_commands((ROOT / "README.md").read_text()):
         try:
-            done += check_command(command, tmp_path, roots, monkeypatch)
+            done += check_command(command, tmp_path, roots, monkeypatch, capsys)
         except BaseException as err:
             raise AssertionError(f"README command failed: {' '.join(command)}\n{err}") from err
     assert done  # every command was handled (a command with no rule fails above)
