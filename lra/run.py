@@ -29,6 +29,7 @@ import logging
 import os
 import pickle
 import shutil
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -197,7 +198,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "(starting)"
+            holder = self._holder(fd)
             os.close(fd)
             raise RunLocked(f"{self.path.parent} is in use by process {holder} (lock file "
                             f"{self.path}); wait for it to finish or stop that process") from None
@@ -208,6 +209,17 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
         return self
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        """The PID in a held lock file. A holder writes it just after taking the lock, so a
+        launch that lost the race by microseconds waits up to a second for it."""
+        for _ in range(100):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            if holder:
+                return holder
+            time.sleep(0.01)
+        return "(starting)"
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:

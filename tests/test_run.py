@@ -4,6 +4,7 @@ order a kill at any point relies on, and two launches of the same run at once.""
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -226,3 +227,16 @@ def test_two_launches_of_the_same_run_at_once_one_runs_and_one_is_refused(tmp_pa
     with later.lock():
         assert later.finished()["steps"] == 6
     assert (later.path / "lock").read_text() == ""  # released: nothing to take over
+
+
+def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_refused_as_starting(tmp_path):
+    """Between taking the flock and writing its PID a holder is 'starting': a second launch
+    waits briefly for the PID, then refuses without one rather than naming nobody."""
+    run = folder(tmp_path / NAME)
+    fd = os.open(run.path / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, file still empty
+    try:
+        with pytest.raises(RunLocked, match=r"is in use by process \(starting\)"), run.lock():
+            pass
+    finally:
+        os.close(fd)
