@@ -25,7 +25,8 @@ Backward, g = d loss / d out:
     0.99 keeps y off +-1, where 1 / sqrt(1 - y^2) diverges (a query and its own key); for unit
     q, k the clip at 10 never binds, since 1 / sqrt(1 - 0.99^2) = 7.09. The published kernel
     evaluates arccos, the power and 1 / sqrt(1 - y^2 + 1e-6) from 32-entry linear-interpolation
-    tables; here they are exact (no 1e-6).
+    tables; here they are exact (no 1e-6), but for the C++ backend's fp32 arccos, a polynomial
+    within 2e-8 of it (Abramowitz and Stegun 4.4.46).
   v2's workspace, `slots` (the published kernel's 1024, `V2_SLOTS`; 0: none): past `slots`
     inputs, U_i is cut to one survivor per slot: key j goes to slot j mod slots, and among the
     collision events (j, r) of a slot one survives, drawn uniformly, so key j is kept with

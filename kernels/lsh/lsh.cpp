@@ -80,6 +80,29 @@ inline T int_pow(T base, int64_t exponent) {  // exponent >= 0, by squaring
   return result;
 }
 
+// arccos: std::acos in fp64 (the oracle's precision); in fp32 the polynomial of Abramowitz and
+// Stegun 4.4.46 (absolute error <= 2e-8 on [0, 1], acos(-x) = pi - acos(x)), because libm's
+// scalar acosf was a quarter of the v2 backward's time and this form vectorises.
+template <typename T>
+inline T arccos(T x) {
+  return std::acos(x);
+}
+
+template <>
+inline float arccos(float x) {
+  const float a = std::fabs(x);
+  float p = -0.0012624911f;
+  p = p * a + 0.0066700901f;
+  p = p * a - 0.0170881256f;
+  p = p * a + 0.0308918810f;
+  p = p * a - 0.0501743046f;
+  p = p * a + 0.0889789874f;
+  p = p * a - 0.2145988016f;
+  p = p * a + 1.5707963050f;
+  const float r = std::sqrt(1.0f - a) * p;
+  return x < 0 ? static_cast<float>(M_PI) - r : r;
+}
+
 // dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim, 1 / sqrt(1 - x^2) clipped at 10
 // (tau == tau_int, the integer for the power).
 template <typename T>
@@ -87,7 +110,15 @@ inline T v2_weight(T sim, T tau, int64_t tau_int) {
   const T x = static_cast<T>(kV2Scale) * sim;
   const T inv_sqrt = std::min(static_cast<T>(kV2InvSqrtClip), 1 / std::sqrt(1 - x * x));
   const T pi = static_cast<T>(M_PI);
-  return tau * int_pow(1 - std::acos(x) / pi, tau_int - 1) * inv_sqrt / pi;
+  return tau * int_pow(1 - arccos(x) / pi, tau_int - 1) * inv_sqrt / pi;
+}
+
+// coef[t] *= v2_weight(sim[t]) over a row's members: one loop the compiler vectorises (a
+// pragma cannot sit inside AT_DISPATCH's macro argument).
+template <typename T>
+void scale_by_v2_weights(T* coef, const T* sim, int64_t count, T tau, int64_t tau_int) {
+#pragma omp simd
+  for (int64_t t = 0; t < count; ++t) coef[t] *= v2_weight(sim[t], tau, tau_int);
 }
 
 at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
@@ -253,14 +284,16 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
     const int64_t* tau_of = bits.data_ptr<int64_t>();
     scalar_t* res = out.data_ptr<scalar_t>();
     at::parallel_for(0, bh_count * n_out, 16, [&](int64_t begin, int64_t end) {
-      std::vector<int64_t> seen(n_in, -1);  // v2: seen[b] == row once b joined U_a
-      std::vector<int32_t> members;         // v2: U_a, then its survivors
-      // capped: per b the mix of (seed, head, a, b) and its smallest event key; per slot the
-      // row that last wrote it and its smallest (key, b)
-      std::vector<uint32_t> per_b(capped ? n_in : 0), best(capped ? n_in : 0);
+      // uncapped v2: seen[b] == row once b joined U_a. capped: per slot the row that last wrote
+      // it and the smallest (event key, b) of its events, the key of event (b, r) being the mix
+      // of (seed, head, a, b, r); the slot's survivor is that b (reference.slot_survivors).
+      std::vector<int64_t> seen(v2 && !capped ? n_in : 0, -1);
       std::vector<int64_t> slot_row(capped ? slots : 0, -1);
       std::vector<uint64_t> slot_best(capped ? slots : 0);
+      std::vector<int32_t> members;  // v2: the kept keys of U_a (capped: one per touched slot)
+      std::vector<scalar_t> sim, coef;  // v2, per member: sim_a . z_b, then its full weight
       std::vector<scalar_t> acc(d);
+      const bool pow2_slots = capped && (slots & (slots - 1)) == 0;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t bh = row / n_out, a = row % n_out;
         const int64_t tau_int = tau_of[bh / heads];
@@ -280,38 +313,39 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
             const int32_t b = round.index[s];
             if (!v2) {
               axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
-              continue;
-            }
-            if (seen[b] != row) {
+            } else if (capped) {
+              const uint32_t event = mix32(mix32(per_a ^ static_cast<uint32_t>(b)) ^
+                                           static_cast<uint32_t>(r));
+              const uint64_t key = (static_cast<uint64_t>(event) << 31) | static_cast<uint64_t>(b);
+              const int64_t slot = pow2_slots ? (b & (slots - 1)) : (b % slots);
+              if (slot_row[slot] != row) {
+                slot_row[slot] = row;
+                slot_best[slot] = key;
+                members.push_back(static_cast<int32_t>(slot));  // the slot, for now
+              } else if (key < slot_best[slot]) {
+                slot_best[slot] = key;
+              }
+            } else if (seen[b] != row) {
               seen[b] = row;
               members.push_back(b);
-              if (capped) {
-                per_b[b] = mix32(per_a ^ static_cast<uint32_t>(b));
-                best[b] = std::numeric_limits<uint32_t>::max();
-              }
-            }
-            if (capped) best[b] = std::min(best[b], mix32(per_b[b] ^ static_cast<uint32_t>(r)));
-          }
-        }
-        if (capped) {  // keep per slot the member of smallest (key, b)
-          for (const int32_t b : members) {
-            const uint64_t key = (static_cast<uint64_t>(best[b]) << 31) | static_cast<uint64_t>(b);
-            const int64_t slot = b % slots;
-            if (slot_row[slot] != row || key < slot_best[slot]) {
-              slot_row[slot] = row;
-              slot_best[slot] = key;
             }
           }
-          members.erase(std::remove_if(members.begin(), members.end(), [&](int32_t b) {
-                          return static_cast<int64_t>(slot_best[b % slots] & 0x7fffffff) != b;
-                        }), members.end());
         }
         if (v2) {
-          const scalar_t* sim_a = so + row * d;
-          for (const int32_t b : members) {
-            const scalar_t w = v2_weight(dot(sim_a, z_bh + b * d, d), tau, tau_int);
-            axpy(w * dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+          const int64_t count = static_cast<int64_t>(members.size());
+          if (capped) {  // each touched slot's survivor
+            for (auto& m : members) m = static_cast<int32_t>(slot_best[m] & 0x7fffffffu);
           }
+          // Dots first, then the weights in one vectorisable pass, then the sum.
+          sim.resize(count);
+          coef.resize(count);
+          const scalar_t* sim_a = so + row * d;
+          for (int64_t t = 0; t < count; ++t) {
+            sim[t] = dot(sim_a, z_bh + members[t] * d, d);
+            coef[t] = dot(x_a, y_bh + members[t] * e, e);
+          }
+          scale_by_v2_weights(coef.data(), sim.data(), count, tau, tau_int);
+          for (int64_t t = 0; t < count; ++t) axpy(coef[t], z_bh + members[t] * d, acc.data(), d);
         }
         scalar_t* res_a = res + row * d;
         for (int64_t t = 0; t < d; ++t) res_a[t] = acc[t] * scale;
