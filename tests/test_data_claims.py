@@ -1,6 +1,6 @@
 """What the README promises about the data the trainer reads, checked by value: masks (and
-`data.mask_zero_tokens_as_padding`), a cache that disagrees with the task config, and the data
-order of `StepBatches` / `Shard` across process counts."""
+`data.mask_zero_tokens_as_padding`), a cache that disagrees with the task config, the data
+order of `StepBatches` / `Shard` across process counts, and the dropout stream of `reseed`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from data_prep.cache import DataError, Split, write_task
 from lra.data import DataConfig, load_task_data, prepare_manifest
 from lra.distributed import Dist
-from lra.sampling import Shard, StepBatches
+from lra.sampling import Shard, StepBatches, reseed
 
 # Two examples of 6 tokens in a max_len 8 cache, with 0 tokens inside them (black pixels).
 TOKENS = np.array([[3, 0, 5, 0, 7, 9, 0, 0], [0, 0, 1, 2, 3, 4, 0, 0]], dtype=np.uint8)
@@ -141,3 +141,20 @@ def test_shard_covers_the_split_once_whatever_the_process_count(limit):
     else:
         assert subsets[0] != list(range(limit))  # a random subset, not the first examples
         assert sorted(Shard(n, Dist(), limit, seed=6)) != subsets[0]
+
+
+def test_reseed_gives_each_seed_rank_and_step_its_own_stream_and_repeats_it():
+    """The random stream of a step is a function of (seed, rank, step) alone: the same triple
+    draws the same numbers whatever was drawn before (a resumed run continues exactly), and
+    changing any one of the three changes them (ranks draw their own dropout masks)."""
+
+    def draws(seed, rank, step):
+        reseed(seed, rank, step)
+        return torch.rand(8)
+
+    with torch.random.fork_rng(devices=[]):
+        base = draws(3, 1, 7)
+        torch.rand(100)  # an earlier step's draws must not leak into the next reseed
+        assert torch.equal(draws(3, 1, 7), base)
+        for other in [(4, 1, 7), (3, 0, 7), (3, 1, 8)]:
+            assert not torch.equal(draws(*other), base), other

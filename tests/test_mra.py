@@ -266,3 +266,48 @@ def test_unknown_approx_mode_is_explained():
                                              r"got 'dense'$"):
         mra_attention(q, q, q, torch.ones(1, 16, dtype=torch.bool), block_size=8,
                       block_per_row=1, approx_mode="dense")
+
+
+def test_each_query_block_is_normalised_on_its_own_however_large_another_blocks_logits():
+    """MRA-2 shifts each query row's low-resolution logits by that row's own maximum, so a
+    query block with logits near 500 (where a shift shared with it would underflow every other
+    row's exp to 0) leaves the other blocks' outputs as they were. The diagonal prior with a
+    budget of one pair per block row fixes the exact blocks, so block 0's queries reach no
+    other row's choice."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 32, 4, generator=gen) for _ in range(3))
+    k[..., 0] += 2.0  # every key block mean points the same way along dim 0
+    mask = torch.ones(1, 32, dtype=torch.bool)
+    common = dict(block_size=8, block_per_row=1, approx_mode="full", diagonal_n=1)
+    before = mra_attention(q, k, v, mask, **common)
+    loud = q.clone()
+    loud[:, :, :8, 0] = 500.0
+    after = mra_attention(loud, k, v, mask, **common)
+    assert (after[:, :, :8] - before[:, :, :8]).abs().max() > 0.1  # block 0 did change
+    torch.testing.assert_close(after[:, :, 8:], before[:, :, 8:])
+
+
+def test_the_exact_blocks_run_on_the_backend_that_resolve_picked(monkeypatch):
+    """_attend hands the exact blocks to the kernel `kernels.resolve` returned (and reports its
+    name), not to a fixed one: a recording backend that delegates to the reference sees the
+    calls, and the output is the reference's."""
+    import kernels
+    from kernels.block_sparse import reference
+
+    calls = []
+
+    class Recording:
+        @staticmethod
+        def attention(*args, **kwargs):
+            calls.append(kwargs["block_size"])
+            return reference.attention(*args, **kwargs)
+
+    q, k, v, mask = random_inputs(2, 2, 64, 16)
+    expected = make("mra2", 64, block_size=16, block_per_row=2, backend="reference")(q, k, v,
+                                                                                   mask)
+    monkeypatch.setattr(kernels, "resolve", lambda family, backend, device: ("recording",
+                                                                            Recording))
+    attn = make("mra2", 64, block_size=16, block_per_row=2)
+    out = attn(q, k, v, mask)
+    assert calls == [16] and attn.backend_in_use == "recording"
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)

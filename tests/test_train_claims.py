@@ -1,6 +1,6 @@
 """What the README promises about a run, checked by value on in-process runs of `lra.train.train`:
 the summary's measurements, the run folder's fingerprint, `trainer.resume=false` and the wandb
-run's name and group.
+run's name and group; and, in one process, what `lra.distributed` does with and without torchrun.
 
 Timing is made exact with a fake clock: every `time.perf_counter()` call of the trainer advances
 it by one step's duration, and an evaluation advances it by an hour, so a step time that counted
@@ -254,3 +254,95 @@ def test_wandb_run_is_named_and_grouped(tiny_data_root, tmp_path, monkeypatch):
     lra.train.train(tiny_config(tiny_data_root, tmp_path, "logger=wandb",
                                 "logger.group=mygroup", "logger.mode=online", "seed=4"))
     assert calls[1].kwargs["group"] == "mygroup" and calls[1].kwargs["mode"] == "online"
+
+
+def test_without_torchrun_one_process_needs_no_process_group(monkeypatch):
+    """No WORLD_SIZE (or WORLD_SIZE=1): rank 0 of 1, the main process; no group is joined, and
+    barrier and sum are no-ops that never reach a collective (with no group, one would raise)."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for world in (None, "1"):
+        if world is None:
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("WORLD_SIZE", world)
+        d = distributed.init_from_env(use_cuda=False)
+        assert (d.rank, d.world, d.local_rank, d.main) == (0, 1, 0, True)
+    assert not torch.distributed.is_initialized()
+    d.barrier()
+    assert d.sum([0.1, 2.0], torch.device("cpu")) == [0.1, 2.0]
+    assert distributed.Dist(rank=0, world=2).main and not distributed.Dist(rank=1, world=2).main
+
+
+def test_under_torchrun_a_cpu_process_joins_a_gloo_group_and_takes_its_ranks(monkeypatch,
+                                                                              tmp_path):
+    """WORLD_SIZE > 1 (torchrun): the process joins the process group once, with Gloo on CPU,
+    takes its rank from the group and its local rank from LOCAL_RANK; `shutdown` leaves the
+    group (and is a no-op without one). The group is a real Gloo group of one process on a file
+    store (torchrun's env:// rendezvous would wait for the other ranks), whose get_rank answers
+    3, as for rank 3 of 4 on two nodes of two."""
+    joined = []
+    real_init = torch.distributed.init_process_group
+
+    def init(*args, **kwargs):
+        joined.append(kwargs)
+        real_init(*args, **kwargs, init_method=f"file://{tmp_path / 'store'}", rank=0,
+                  world_size=1)
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *args, **kwargs: 3)
+    for name, value in [("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1")]:
+        monkeypatch.setenv(name, value)
+    try:
+        d = distributed.init_from_env(use_cuda=False)
+        assert (d.rank, d.world, d.local_rank, d.main) == (3, 4, 1, False)
+        assert torch.distributed.is_initialized()
+        assert torch.distributed.get_backend() == "gloo"
+        assert distributed.init_from_env(use_cuda=False) == d and len(joined) == 1
+        distributed.shutdown()
+        assert not torch.distributed.is_initialized()
+        distributed.shutdown()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def test_sum_reduces_float64_values_and_barrier_waits_only_with_peers(monkeypatch):
+    """With peers, `sum` hands the collective a float64 tensor on the given device (float32
+    would round 0.1 + 0.2 and lose 2**-1000) and returns the reduced values; `barrier` reaches
+    the collective only when there are peers. The peer is simulated: all_reduce adds a second
+    process's values in place, as a sum over two processes does."""
+    peer = torch.tensor([0.2, 2.0**-1000], dtype=torch.float64)
+    reduced, barriers = [], []
+
+    def all_reduce(t):
+        reduced.append((t.dtype, t.device))
+        t += peer
+
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: barriers.append("barrier"))
+    d = distributed.Dist(rank=1, world=2)
+    assert d.sum([0.1, 2.0**-1000], torch.device("cpu")) == [0.1 + 0.2, 2.0**-999]
+    assert reduced == [(torch.float64, torch.device("cpu"))]
+    d.barrier()
+    distributed.Dist().barrier()
+    assert barriers == ["barrier"]
+    assert distributed.Dist().sum([0.1], torch.device("cpu")) == [0.1] and len(reduced) == 1
+
+
+def test_under_torchrun_a_gpu_process_binds_its_gpu_before_joining_nccl(monkeypatch):
+    """With CUDA, the process binds to GPU LOCAL_RANK first (collectives would otherwise run on
+    cuda:0 for every rank) and then joins with NCCL on that device. No GPU here: set_device and
+    init_process_group are recorders (the backend name goes through torch's own parser, so a
+    spelling torch accepts passes), and get_rank answers rank 2 of 4."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("bind", device)))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend=None, device_id=None: calls.append(
+                            ("join", backend and torch.distributed.Backend(backend), device_id)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *args, **kwargs: 2)
+    for name, value in [("WORLD_SIZE", "4"), ("RANK", "2"), ("LOCAL_RANK", "1")]:
+        monkeypatch.setenv(name, value)
+    d = distributed.init_from_env(use_cuda=True)
+    assert calls == [("bind", 1), ("join", "nccl", torch.device("cuda", 1))]
+    assert (d.rank, d.world, d.local_rank) == (2, 4, 1)
