@@ -139,6 +139,34 @@ def test_an_oom_skips_the_longer_lengths_of_its_series(monkeypatch):
     assert [r["status"] for r in got] == ["ok", "oom", "skipped: oom at n=128"]
 
 
+def test_a_cell_over_the_time_limit_skips_the_longer_lengths_of_its_batch(monkeypatch):
+    """The limit is on the wall clock of a cell; each batch size's series starts afresh."""
+    spent = {64: 1, 128: 30, 256: 1}  # seconds each length's cell takes on the fake clock
+    now = [0.0]
+
+    def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats):
+        now[0] += spent[seq] if batch == 8 else 1
+        return {"attention": name, "batch": batch, "seq_len": seq, "status": "ok"}
+
+    monkeypatch.setattr(efficiency, "cell", fake_cell)
+    monkeypatch.setattr(efficiency, "perf_counter", lambda: now[0])
+    got = list(efficiency.series("yoso", "reference", [64, 128, 256], [8, 1], 2, 32, "cpu", 1,
+                                 limit_s=10))
+    assert [(r["batch"], r["status"]) for r in got] == [
+        (8, "ok"), (8, "ok"), (8, "skipped: n=128 took 30 s, over the 10 s cell limit"),
+        (1, "ok"), (1, "ok"), (1, "ok")]
+    unlimited = list(efficiency.series("yoso", "reference", [64, 128, 256], [8], 2, 32, "cpu", 1))
+    assert [r["status"] for r in unlimited] == ["ok"] * 3
+
+
+def test_the_cell_limit_comes_from_the_profile_and_zero_means_none():
+    from lra.bench import study
+
+    assert study.settings(study.parser().parse_args([]))["cell_limit_s"] == 60.0
+    assert study.settings(study.parser().parse_args(["--cell-limit", "0"]))["cell_limit_s"] is None
+    assert study.settings(study.parser().parse_args(["--profile", "quick"]))["cell_limit_s"] is None
+
+
 def test_peers_asked_for_but_not_installed_are_said(monkeypatch, tmp_path, capsys):
     """--peers never compares silently with nobody: none installed is an error naming the extra,
     some missing is a warning naming them."""

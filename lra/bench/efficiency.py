@@ -3,7 +3,8 @@ the length at which each overtakes exact attention (`softmax`, torch's SDPA).
 
 Each series (attention, backend) runs in a fresh process when the profile isolates (`series`
 prints one JSON line per cell, so a process killed mid-series still reports the cells it
-finished); after an OOM at one length, the longer lengths of that batch size are skipped.
+finished); after an OOM at one length, or a cell over the profile's time limit
+(`cell_limit_s`, `--cell-limit`), the longer lengths of that batch size are skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from time import perf_counter
 
 import torch
 
@@ -67,21 +69,27 @@ def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: in
 
 
 def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int, device: str,
-           repeats: int) -> Iterator[dict]:
-    """Every cell of one (attention, backend), shortest length first per batch size."""
+           repeats: int, limit_s: float | None = None) -> Iterator[dict]:
+    """Every cell of one (attention, backend), shortest length first per batch size. After an
+    OOM, or a cell that took more than limit_s seconds, the longer lengths of that batch size
+    are skipped (status says why)."""
     for batch in batches:
-        oom_at = None
+        stop = None  # why the longer lengths are skipped
         for seq in lengths:
-            if oom_at is not None:
+            if stop is not None:
                 yield {"attention": name, "backend": backend,
                        "options": describe(name, timed_options(name)),
                        "device": device, "dtype": "float32", "batch": batch, "heads": heads,
                        "seq_len": seq, "head_dim": head_dim, "fwd_ms": "", "fwd_bwd_ms": "",
-                       "peak_memory_mb": "", "status": f"skipped: oom at n={oom_at}"}
+                       "peak_memory_mb": "", "status": f"skipped: {stop}"}
                 continue
+            begin = perf_counter()
             row = cell(name, backend, batch, heads, seq, head_dim, device, repeats)
+            took = perf_counter() - begin
             if row["status"] == "oom":
-                oom_at = seq
+                stop = f"oom at n={seq}"
+            elif limit_s is not None and took > limit_s:
+                stop = f"n={seq} took {took:.0f} s, over the {limit_s:g} s cell limit"
             yield row
 
 

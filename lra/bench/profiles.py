@@ -26,6 +26,11 @@ class Profile:
     scales: tuple[float, ...]       # logit scales of the entropy sweep
     segments: int = 2               # real inputs: text segments (x 6 layers = instances)
     threads: int | None = None      # torch intra-op threads (None: torch's default, all cores)
+    # A series stops growing after a cell (all its passes) that took longer than this many
+    # seconds: its longer lengths at that batch size are recorded as skipped, since each would
+    # take at least twice as long (None: no limit). What it cuts is the slow oracles' long tail
+    # (YOSO's reference backend at n = 4,096 took over 8 minutes at one thread).
+    cell_limit_s: float | None = None
 
 
 PROFILES = {
@@ -39,12 +44,14 @@ PROFILES = {
     "default": Profile(heads=2, head_dim=32, lengths=(256, 512, 1024, 2048, 4096),
                        gpu_lengths=(256, 512, 1024, 2048, 4096, 8192), batches=(1, 8),
                        repeats=5, isolate=True, approx_len=512, inputs=("structured", "real"),
-                       budget_points=None, scales=(0.25, 0.5, 1.0, 2.0, 4.0)),
+                       budget_points=None, scales=(0.25, 0.5, 1.0, 2.0, 4.0),
+                       cell_limit_s=60.0),
     # The MRA paper's efficiency setting: one layer, 12 heads x 64, fp32, forward+backward.
     "paper": Profile(heads=12, head_dim=64, lengths=(512, 1024, 2048, 4096),
                      gpu_lengths=(512, 1024, 2048, 4096, 8192, 16384), batches=(1,),
                      repeats=5, isolate=True, approx_len=512, inputs=("structured", "real"),
-                     budget_points=None, scales=(0.25, 0.5, 1.0, 2.0, 4.0)),
+                     budget_points=None, scales=(0.25, 0.5, 1.0, 2.0, 4.0),
+                     cell_limit_s=120.0),
 }
 
 # attention -> (its budget option, the values swept, cheapest first). The only option names the

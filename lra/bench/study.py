@@ -50,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", choices=["auto", "all"], default="all",
                    help="kernel-backed attentions: every backend that loads, or auto's pick")
     p.add_argument("--threads", type=int, help="torch CPU threads (profile's; default all)")
+    p.add_argument("--cell-limit", type=float, default=None,
+                   help="seconds one efficiency cell may take before the longer lengths of its "
+                        "series are skipped (profile's: 60 default, 120 paper; 0: no limit)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default here: %(default)s, cuda when one is visible)")
     p.add_argument("--out", type=Path, default=None,
@@ -70,7 +73,9 @@ def settings(args) -> dict:
             "approx_len": args.approx_len or prof.approx_len,
             "inputs": args.inputs or list(prof.inputs), "segments": prof.segments,
             "budget_points": args.budget_points or prof.budget_points, "scales": prof.scales,
-            "threads": args.threads or prof.threads}
+            "threads": args.threads or prof.threads,
+            "cell_limit_s": (prof.cell_limit_s if args.cell_limit is None
+                             else args.cell_limit or None)}  # --cell-limit 0: none
 
 
 def efficiency_rows(names, cfg, args, log) -> list[dict]:
@@ -80,10 +85,11 @@ def efficiency_rows(names, cfg, args, log) -> list[dict]:
               "--batches", *map(str, cfg["batches"])]
     if cfg["threads"]:
         common += ["--threads", str(cfg["threads"])]
+    common += ["--cell-limit", str(cfg["cell_limit_s"] or 0)]
     for name in names:
         for backend in efficiency.backends(name, args.device, args.backends):
             grid = (name, backend, cfg["lengths"], cfg["batches"], cfg["heads"],
-                    cfg["head_dim"], args.device, cfg["repeats"])
+                    cfg["head_dim"], args.device, cfg["repeats"], cfg["cell_limit_s"])
             if cfg["isolate"]:
                 planned = [{"attention": name, "backend": backend, "options": describe(name, {}),
                             "device": args.device, "dtype": "float32", "batch": b,
@@ -159,7 +165,8 @@ def worker(args) -> int:
     cfg = settings(args)
     _, name, backend = args.worker
     for row in efficiency.series(name, backend, cfg["lengths"], cfg["batches"], cfg["heads"],
-                                 cfg["head_dim"], args.device, cfg["repeats"]):
+                                 cfg["head_dim"], args.device, cfg["repeats"],
+                                 cfg["cell_limit_s"]):
         print(json.dumps(row), flush=True)
     return 0
 
