@@ -7,7 +7,10 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
+import logging
 import os
+import shutil
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -16,8 +19,10 @@ import torch
 
 import lra.run
 from lra.cli import UserError
+from lra.config import fingerprint, load_config
 from lra.results import SUMMARY_KEYS
 from lra.run import RunFolder, RunLocked
+from tests.test_configs import composed
 
 CPU = torch.device("cpu")
 NAME = "listops-softmax-s0"
@@ -240,3 +245,171 @@ def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_refused_as_starting(
             pass
     finally:
         os.close(fd)
+
+
+def test_the_lock_makes_the_run_folder_and_its_parents(tmp_path):
+    run = RunFolder(tmp_path / "runs" / "mini" / "default" / NAME, NAME)
+    with run.lock():
+        assert run.path.is_dir() and (run.path / "lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_a_checkpoint_between_evaluations_is_resumed_without_a_metrics_log(tmp_path):
+    """A preemption before the first evaluation leaves last.pt alone: no metrics log yet."""
+    run = folder(tmp_path / NAME)
+    run.checkpoint(state(1, -1.0))
+    assert not run.metrics.exists()
+    resumed = RunFolder(tmp_path / NAME, NAME).start(Settings(), CPU, resume=True)
+    assert resumed["step"] == 1 and torch.equal(resumed["model"]["w"], torch.ones(2))
+    assert run.metrics.read_text() == ""
+
+
+def test_resume_takes_the_best_dev_of_last_pt_not_of_a_later_best_pt(tmp_path):
+    """A kill after an evaluation's best.pt and before its last.pt: that evaluation is redone,
+    so the best so far is last.pt's, not the newer best.pt's."""
+    run = folder(tmp_path / NAME)
+    evaluate_all(run, EVALUATIONS[:1])
+    lra.run.save_checkpoint(run.best, {"model": {}, "step": 4, "dev_accuracy": 0.75})
+    assert run.start(Settings(), CPU, resume=True)["best_dev"] == 0.5
+
+
+def test_checkpoints_load_onto_the_device_asked_and_best_dev_is_read_on_the_cpu(tmp_path,
+                                                                                monkeypatch):
+    run = folder(tmp_path / NAME)
+    evaluate_all(run)
+    meta = torch.device("meta")
+    assert run.start(Settings(), meta, resume=True)["model"]["w"].device == meta
+    assert run.best_checkpoint(meta)["model"]["w"].device == meta
+    old = state(6, 0.75)
+    del old["best_dev"]  # the fallback reads best.pt on the CPU, whatever device the run is on
+    lra.run.save_checkpoint(run.last, old)
+    loads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kw: (loads.append((path, kw)),
+                                                           real(path, **kw))[1])
+    run.start(Settings(), meta, resume=True)
+    assert [(p.name, kw["map_location"]) for p, kw in loads] == [("last.pt", meta),
+                                                                ("best.pt", CPU)]
+
+
+def test_last_pt_loads_in_full_and_best_pt_weights_only(tmp_path):
+    """last.pt is the trainer's own (optimizer and schedule state: unpickled in full); best.pt is
+    the model alone, loaded weights-only, so an object in it is refused as corrupt."""
+    run = folder(tmp_path / NAME)
+    lra.run.save_checkpoint(run.last, {**state(2, 0.5), "extra": Settings(lr=0.125)})
+    assert run.start(Settings(), CPU, resume=True)["extra"] == Settings(lr=0.125)
+    lra.run.save_checkpoint(run.best, {"model": {}, "step": 2, "dev_accuracy": 0.5,
+                                       "extra": Settings()})
+    with pytest.raises(UserError, match=f"{run.best} is partial or corrupt"):
+        run.best_checkpoint(CPU)
+
+
+FIX = ("; rerun with trainer.resume=false to train this run again from step 0 (it replaces "
+       "the run's checkpoints)")
+
+
+def test_a_missing_or_corrupt_checkpoint_is_one_error_naming_it_and_the_fix(tmp_path):
+    run = folder(tmp_path / NAME)
+    with pytest.raises(UserError) as missing:
+        run.best_checkpoint(CPU)
+    message = str(missing.value)
+    assert message.startswith(f"{run.best} is missing ([Errno 2] No such file or directory")
+    assert message.endswith(")" + FIX)
+    run.last.write_bytes(b"not a checkpoint\nsecond line")
+    with pytest.raises(UserError) as corrupt:
+        run.start(Settings(), CPU, resume=True)
+    message = str(corrupt.value)
+    assert message.startswith(f"{run.last} is partial or corrupt (") and message.endswith(FIX)
+    reason = message[len(f"{run.last} is partial or corrupt ("):-len(")" + FIX)]
+    assert reason and reason != "None" and "\n" not in reason
+
+
+def test_a_failed_checkpoint_write_says_the_free_space_and_keeps_the_previous(tmp_path,
+                                                                              monkeypatch):
+    run = folder(tmp_path / NAME)
+    run.checkpoint(state(2, 0.5))
+    asked = []
+
+    def disk_usage(path):
+        asked.append(path)
+        return shutil._ntuple_diskusage(10 * 2**20, 7 * 2**20, 3 * 2**20)
+
+    def full_disk(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos\nmore")
+
+    monkeypatch.setattr(lra.run.shutil, "disk_usage", disk_usage)
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError) as failed:
+        run.checkpoint(state(4, 0.75))
+    assert str(failed.value) == (
+        f"writing {run.last} failed ([enforce fail at inline_container.cc:672] . unexpected "
+        "pos); 3 MB are free on that disk (a full disk ends this way); the previous checkpoint "
+        "is kept")
+    assert asked == [run.path]
+    monkeypatch.undo()
+    assert run.start(Settings(), CPU, resume=True)["step"] == 2
+
+
+def test_the_folder_logs_where_it_runs_what_it_resumed_and_how_it_ended(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="lra.train")
+    run = folder(tmp_path / NAME)
+    run.start(Settings(), CPU, resume=True)
+    assert caplog.messages == [f"run folder: {run.path}"]
+    evaluate_all(run)
+    caplog.clear()
+    run.start(Settings(), CPU, resume=True)
+    assert caplog.messages == [f"run folder: {run.path}",
+                               f"resumed {run.path} at step 6 (best dev 0.7500)"]
+    caplog.clear()
+    run.finish(summary(test_accuracy=0.5, majority_accuracy=0.25, best_dev_accuracy=0.75))
+    assert caplog.messages == [f"{NAME}: test accuracy 0.5000 (majority 0.2500), best dev 0.7500"]
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning_naming_its_process(tmp_path, caplog):
+    """The lock file names a process (here 4242, with a byte that is not UTF-8) but nobody
+    holds the flock: it was killed. The next launch takes over, says so, writes its own PID."""
+    run = folder(tmp_path / NAME)
+    (run.path / "lock").write_bytes(b"4242\xff\n")
+    with run.lock():
+        assert (run.path / "lock").read_text() == f"{os.getpid()}\n"
+    assert caplog.messages == ["taking over the lock of process 4242\ufffd, which is no longer "
+                               "running"]
+
+
+def test_the_lock_file_is_read_write_for_everyone_the_umask_allows(tmp_path):
+    run = folder(tmp_path / NAME)
+    umask = os.umask(0o022)
+    try:
+        with run.lock():
+            assert stat.S_IMODE(os.stat(run.path / "lock").st_mode) == 0o644
+    finally:
+        os.umask(umask)
+
+
+def test_a_held_lock_whose_file_is_not_utf8_still_names_its_holder(tmp_path):
+    run = folder(tmp_path / NAME)
+    fd = os.open(run.path / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, b"77\xff\n")
+    try:
+        with pytest.raises(RunLocked, match="is in use by process 77\ufffd "), run.lock():
+            pass
+    finally:
+        os.close(fd)
+
+
+def test_a_finished_run_is_marked_by_its_summary_json(tmp_path):
+    run = folder(tmp_path / NAME)
+    run.finish(summary(steps=6))
+    assert json.loads((run.path / "summary.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("writer", [True, False, None])
+def test_a_configs_folder_is_named_by_task_attention_and_seed_and_keeps_its_writer(tmp_path,
+                                                                                   writer):
+    raw = composed("seed=3")
+    raw.runs_dir = str(tmp_path)
+    cfg = load_config(raw)
+    run = RunFolder.of(cfg, "digest") if writer is None else RunFolder.of(cfg, "digest",
+                                                                          writer=writer)
+    assert run.name == "listops-softmax-s3"
+    assert run.path.name == f"listops-softmax-s3-{fingerprint(cfg, 'digest')}"
+    assert run.writer is (writer is not False)  # the default writes: a one-process run
