@@ -140,8 +140,9 @@ def test_an_oom_skips_the_longer_lengths_of_its_series(monkeypatch):
 
 
 def test_a_cell_over_the_time_limit_skips_the_longer_lengths_of_its_batch(monkeypatch):
-    """The limit is on the wall clock of a cell; each batch size's series starts afresh."""
-    spent = {64: 1, 128: 30, 256: 1}  # seconds each length's cell takes on the fake clock
+    """A cell over half the limit (wall clock) ends its batch size's series: the next length
+    would take at least twice as long. Each batch size starts afresh."""
+    spent = {64: 4, 128: 6, 256: 1}  # seconds each length's cell takes on the fake clock
     now = [0.0]
 
     def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats):
@@ -153,7 +154,7 @@ def test_a_cell_over_the_time_limit_skips_the_longer_lengths_of_its_batch(monkey
     got = list(efficiency.series("yoso", "reference", [64, 128, 256], [8, 1], 2, 32, "cpu", 1,
                                  limit_s=10))
     assert [(r["batch"], r["status"]) for r in got] == [
-        (8, "ok"), (8, "ok"), (8, "skipped: n=128 took 30 s, over the 10 s cell limit"),
+        (8, "ok"), (8, "ok"), (8, "skipped: n=128 took 6 s; longer would pass the 10 s cell limit"),
         (1, "ok"), (1, "ok"), (1, "ok")]
     unlimited = list(efficiency.series("yoso", "reference", [64, 128, 256], [8], 2, 32, "cpu", 1))
     assert [r["status"] for r in unlimited] == ["ok"] * 3

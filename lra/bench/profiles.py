@@ -26,9 +26,9 @@ class Profile:
     scales: tuple[float, ...]       # logit scales of the entropy sweep
     segments: int = 2               # real inputs: text segments (x 6 layers = instances)
     threads: int | None = None      # torch intra-op threads (None: torch's default, all cores)
-    # A series stops growing after a cell (all its passes) that took longer than this many
-    # seconds: its longer lengths at that batch size are recorded as skipped, since each would
-    # take at least twice as long (None: no limit). What it cuts is the slow oracles' long tail
+    # No cell should take longer than this many seconds (all its passes): after a cell over
+    # half of it, the longer lengths of that series and batch size, each at least twice as long,
+    # are recorded as skipped (None: no limit). What it cuts is the slow oracles' long tail
     # (YOSO's reference backend at n = 4,096 took over 8 minutes at one thread).
     cell_limit_s: float | None = None
 
