@@ -3,7 +3,7 @@ the length at which each overtakes exact attention (`softmax`, torch's SDPA).
 
 Each series (attention, backend) runs in a fresh process when the profile isolates (`series`
 prints one JSON line per cell, so a process killed mid-series still reports the cells it
-finished); after an OOM at one length, or a cell over the profile's time limit
+finished); after an OOM at one length, or a cell over half the profile's time limit
 (`cell_limit_s`, `--cell-limit`), the longer lengths of that batch size are skipped.
 """
 
@@ -71,9 +71,9 @@ def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: in
 def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int, device: str,
            repeats: int, limit_s: float | None = None) -> Iterator[dict]:
     """Every cell of one (attention, backend), shortest length first per batch size. After an
-    OOM, or a cell that took more than limit_s seconds, the longer lengths of that batch size
-    are skipped (status says why), and so after a cell that took over half of limit_s: the next,
-    at least twice as long, would pass it."""
+    OOM, or after a cell that took over half of limit_s seconds (the next, at least twice as
+    long, would pass the limit), the longer lengths of that batch size are skipped; the status
+    says why."""
     for batch in batches:
         stop = None  # why the longer lengths are skipped
         for seq in lengths:
