@@ -14,7 +14,7 @@ from attention_zoo import list_attentions, options_class
 from attention_zoo.structured import structured_qkv
 from lra import bench
 from lra.bench import approximation as approx
-from lra.bench import efficiency
+from lra.bench import efficiency, measure
 from lra.bench.measure import failure_status, timer
 from lra.bench.profiles import BUDGETS
 from lra.bench.study import APPROX_COLUMNS
@@ -130,7 +130,7 @@ def test_failures_become_statuses_and_crossovers_read_them():
 
 
 def test_an_oom_skips_the_longer_lengths_of_its_series(monkeypatch):
-    def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats):
+    def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats, limit_s=None):
         return {"attention": name, "batch": batch, "seq_len": seq,
                 "status": "oom" if seq >= 128 else "ok"}
 
@@ -145,7 +145,7 @@ def test_a_cell_over_the_time_limit_skips_the_longer_lengths_of_its_batch(monkey
     spent = {64: 4, 128: 6, 256: 1}  # seconds each length's cell takes on the fake clock
     now = [0.0]
 
-    def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats):
+    def fake_cell(name, backend, batch, heads, seq, head_dim, device, repeats, limit_s=None):
         now[0] += spent[seq] if batch == 8 else 1
         return {"attention": name, "batch": batch, "seq_len": seq, "status": "ok"}
 
@@ -158,6 +158,38 @@ def test_a_cell_over_the_time_limit_skips_the_longer_lengths_of_its_batch(monkey
         (1, "ok"), (1, "ok"), (1, "ok")]
     unlimited = list(efficiency.series("yoso", "reference", [64, 128, 256], [8], 2, 32, "cpu", 1))
     assert [r["status"] for r in unlimited] == ["ok"] * 3
+
+
+def test_a_timer_stops_repeating_past_its_budget(monkeypatch):
+    """Calls of 0.1 s on a fake clock: a 0.25 s budget stops after the third timed call (the sum
+    passes it), no budget runs every repeat, and a warm fn gets no warm-up call."""
+    now, calls = [0.0], []
+
+    def call():
+        calls.append(now[0])
+        now[0] += 0.1
+
+    monkeypatch.setattr(measure, "perf_counter", lambda: now[0])
+    assert timer(call, 5, "cpu", budget_s=0.25) == pytest.approx([100, 100, 100])
+    assert len(calls) == 4  # the warm-up and three timed calls
+    calls.clear()
+    assert len(timer(call, 5, "cpu", warm_up=False)) == 5 and len(calls) == 5
+    calls.clear()
+    assert len(timer(call, 5, "cpu", warm_up=False, budget_s=0.01)) == 1  # at least one call
+
+
+def test_a_cell_gives_each_timer_a_quarter_of_the_cell_limit(monkeypatch):
+    seen = {}
+
+    def fake_measure(attn, q, k, v, mask, repeats, budget_s=None):
+        seen["budget_s"] = budget_s
+        return {"fwd_ms": 1.0, "fwd_bwd_ms": 2.0, "peak_memory_mb": 0.0, "status": "ok"}
+
+    monkeypatch.setattr(efficiency, "measure", fake_measure)
+    list(efficiency.series("softmax", "-", [32], [1], 2, 16, "cpu", 5, limit_s=60))
+    assert seen["budget_s"] == 15
+    list(efficiency.series("softmax", "-", [32], [1], 2, 16, "cpu", 5))
+    assert seen["budget_s"] is None
 
 
 def test_the_cell_limit_comes_from_the_profile_and_zero_means_none():

@@ -46,8 +46,9 @@ def timed_options(name: str) -> dict:
 
 
 def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: int,
-         device: str, repeats: int) -> dict:
-    """One row of efficiency.csv."""
+         device: str, repeats: int, limit_s: float | None = None) -> dict:
+    """One row of efficiency.csv. Each of its two timers stops repeating past a quarter of the
+    cell limit limit_s, so that the timed calls take about half of it at most."""
     timed = timed_options(name)
     row = {"attention": name, "backend": backend, "options": describe(name, timed),
            "device": device, "dtype": "float32", "batch": batch, "heads": heads,
@@ -65,7 +66,8 @@ def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: in
     if attn.needs_shared_qk:
         k = q
     mask = torch.ones(batch, seq, dtype=torch.bool, device=device)
-    return {**row, **measure(attn, q, k, v, mask, repeats)}
+    budget_s = None if limit_s is None else limit_s / 4
+    return {**row, **measure(attn, q, k, v, mask, repeats, budget_s)}
 
 
 def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int, device: str,
@@ -85,7 +87,7 @@ def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int,
                        "peak_memory_mb": "", "status": f"skipped: {stop}"}
                 continue
             begin = perf_counter()
-            row = cell(name, backend, batch, heads, seq, head_dim, device, repeats)
+            row = cell(name, backend, batch, heads, seq, head_dim, device, repeats, limit_s)
             took = perf_counter() - begin
             if row["status"] == "oom":
                 stop = f"oom at n={seq}"

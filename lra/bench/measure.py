@@ -1,9 +1,11 @@
 """Time and peak tensor memory of one attention call, and failures as statuses.
 
-Time: one warm-up call (libraries, thread pools, kernel builds), then `repeats` timed calls; on
-CUDA each is timed by a pair of CUDA events (the GPU's own clock, no host sync inside the work),
-on CPU by the wall clock. The rows report the median; `timer` returns every repeat so that a
-check can also use the minimum, which a loaded machine inflates least.
+Time: one warm-up call (libraries, thread pools, kernel builds), then `repeats` timed calls, or
+fewer once the timed calls sum past `budget_s` (at least one: a call that takes seconds needs no
+five-fold median, and the slow oracles' long cells are what made the default study pass 20
+minutes); on CUDA each is timed by a pair of CUDA events (the GPU's own clock, no host sync
+inside the work), on CPU by the wall clock. The rows report the median; `timer` returns every
+repeat so that a check can also use the minimum, which a loaded machine inflates least.
 Memory: the peak growth of live tensor bytes over the inputs during one forward+backward
 (`lra.memory.PeakMemory`: torch.cuda.max_memory_allocated on CUDA; on CPU every storage an op
 allocates, counted at the dispatcher until freed). A separate, untimed pass: counting slows ops.
@@ -15,8 +17,8 @@ failed cell never stops the study.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
+from time import perf_counter
 
 import torch
 
@@ -27,11 +29,14 @@ from ..memory import PeakMemory
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def timer(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
-    """Milliseconds of each of `repeats` calls of fn, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
+def timer(fn: Callable[[], object], repeats: int, device: str, *, warm_up: bool = True,
+          budget_s: float | None = None) -> list[float]:
+    """Milliseconds of each of `repeats` calls of fn (after one warm-up call unless fn is warm),
+    stopping early once the calls sum past budget_s seconds (None: never)."""
+    if warm_up:
+        fn()
+    times: list[float] = []
+    while len(times) < repeats and (budget_s is None or sum(times) < 1000 * budget_s):
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -40,9 +45,9 @@ def timer(fn: Callable[[], object], repeats: int, device: str) -> list[float]:
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            begin = time.perf_counter()
+            begin = perf_counter()
             fn()
-            times.append(1000 * (time.perf_counter() - begin))
+            times.append(1000 * (perf_counter() - begin))
     return times
 
 
@@ -58,9 +63,10 @@ def failure_status(err: BaseException) -> str:
 
 
 def measure(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-            mask: torch.Tensor, repeats: int) -> dict:
+            mask: torch.Tensor, repeats: int, budget_s: float | None = None) -> dict:
     """fwd_ms (no autograd), fwd_bwd_ms and peak_memory_mb of `attend(q, k, v, mask)`, and a
-    status. q, k, v: (batch, heads, seq, head_dim) on the device; leaves get gradients."""
+    status. q, k, v: (batch, heads, seq, head_dim) on the device; leaves get gradients.
+    budget_s: each timer's budget (see `timer`)."""
     device = q.device.type
     try:
         leaves = [x.detach().requires_grad_(True) for x in (q, k, v)]
@@ -77,12 +83,12 @@ def measure(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             for leaf in leaves:
                 leaf.grad = None
 
-        fwd = timer(forward, repeats, device)
-        forward_backward()  # warm-up of the backward before its memory is counted
+        fwd = timer(forward, repeats, device, budget_s=budget_s)
+        forward_backward()  # the backward's warm-up, before its memory is counted
         with PeakMemory(q.device) as memory:
             forward_backward()
         peak = memory.peak_mb()
-        fwd_bwd = timer(forward_backward, repeats, device)
+        fwd_bwd = timer(forward_backward, repeats, device, warm_up=False, budget_s=budget_s)
     except Exception as err:  # noqa: BLE001 - every failure becomes the cell's status
         if device == "cuda":
             torch.cuda.empty_cache()

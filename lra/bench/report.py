@@ -76,12 +76,16 @@ def readme(command: str, args, cfg: dict, eff: list[dict], app: list[dict],
     parts = [f"# Efficiency and approximation of every attention\n\nMade by `{command}` at "
              f"commit {git_commit()}, on {args.device} (profile `{args.profile}`).\n"]
     if eff:
+        limit = cfg["cell_limit_s"]
+        fewer = "" if not limit else (f", fewer once a timer's calls pass {limit / 4:g} s (a "
+                                      "quarter of the cell limit)")
         parts.append(
             f"\n## Efficiency\n\nOne attention layer, {cfg['heads']} heads x {cfg['head_dim']}, "
             f"fp32, batch {', '.join(map(str, cfg['batches']))}, lengths "
             f"{', '.join(map(str, cfg['lengths']))}; q, k, v from attention_zoo.structured. "
-            f"Time: median of {cfg['repeats']} calls after a warm-up (CUDA events on GPU, wall "
-            "clock on CPU), forward without autograd and forward+backward. Memory: peak growth "
+            f"Time: median of {cfg['repeats']} calls after a warm-up{fewer} (CUDA events on "
+            "GPU, wall clock on CPU), forward without autograd and forward+backward. Memory: "
+            "peak growth "
             "of live tensor bytes during one forward+backward over the inputs "
             "(lra/memory.py: torch.cuda.max_memory_allocated on GPU; on CPU every storage an "
             "op allocates, counted at the dispatcher until freed, not the process RSS). "
