@@ -16,7 +16,9 @@ from pathlib import Path
 
 from .backend import BackendError, log
 
-CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+# -fno-math-errno: no kernel reads errno, and with it set GCC keeps every loop that calls sqrt
+# scalar (YOSO's v2 weights: 5x slower)
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno"]
 LDFLAGS = ["-fopenmp"]
 STALE_LOCK_S = 600
 

@@ -3,7 +3,7 @@
 // Shapes: codes (rounds, batch, heads, n) int64 in [0, 2^31); vectors (batch, heads, n, dim);
 // bits (batch,) int64. Work is split with at::parallel_for (OpenMP in torch's CPU builds, so
 // torch.set_num_threads applies): the forward over (batch * heads), the weighted backward over
-// (batch * heads * rows). Per (batch, head) and round the input side is sorted by code once
+// (batch * heads, rows). Per (batch, head) and round the input side is sorted by code once
 // (std::sort, so no 2^tau table, whatever tau is); an output row then finds its bucket by binary
 // search. The forward sums each bucket once (O(n d) per round); the weighted backward walks the
 // colliding pairs (O(collisions) integer work, O(pairs kept * d) arithmetic), never an (e x d)
@@ -65,19 +65,23 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
+// (a . b, c . f) in one pass: two independent accumulations interleaved.
+template <typename T>
+inline void dot2(const T* a, const T* b, const T* c, const T* f, int64_t n, T& ab, T& cf) {
+  T s = 0, u = 0;
+#pragma omp simd reduction(+ : s, u)
+  for (int64_t i = 0; i < n; ++i) {
+    s += a[i] * b[i];
+    u += c[i] * f[i];
+  }
+  ab = s;
+  cf = u;
+}
+
 template <typename T>
 inline void axpy(T alpha, const T* x, T* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
-
-template <typename T>
-inline T int_pow(T base, int64_t exponent) {  // exponent >= 0, by squaring
-  T result = 1;
-  for (; exponent > 0; exponent >>= 1, base *= base) {
-    if (exponent & 1) result *= base;
-  }
-  return result;
 }
 
 // arccos: std::acos in fp64 (the oracle's precision); in fp32 the polynomial of Abramowitz and
@@ -100,25 +104,35 @@ inline float arccos(float x) {
   p = p * a - 0.2145988016f;
   p = p * a + 1.5707963050f;
   const float r = std::sqrt(1.0f - a) * p;
-  return x < 0 ? static_cast<float>(M_PI) - r : r;
+  const float negative = x < 0 ? 1.0f : 0.0f;  // a blend, not a branch: the loop vectorises
+  return r + negative * (static_cast<float>(M_PI) - 2 * r);
 }
 
-// dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim, 1 / sqrt(1 - x^2) clipped at 10
-// (tau == tau_int, the integer for the power).
+// coef[t] *= dB/dx of B(x) = (1 - arccos(x) / pi)^tau at x = 0.99 sim[t], with 1 / sqrt(1 - x^2)
+// clipped at 10 (tau == tau_int, the integer for the power), over a tile's pairs. The power's
+// exponent is the same for every pair, so its square-and-multiply steps are passes over the
+// pairs, each a loop the compiler vectorises (a per-element power loop kept the whole pass
+// scalar). sim is overwritten. (A pragma cannot sit inside AT_DISPATCH's macro argument.)
 template <typename T>
-inline T v2_weight(T sim, T tau, int64_t tau_int) {
-  const T x = static_cast<T>(kV2Scale) * sim;
-  const T inv_sqrt = std::min(static_cast<T>(kV2InvSqrtClip), 1 / std::sqrt(1 - x * x));
-  const T pi = static_cast<T>(M_PI);
-  return tau * int_pow(1 - arccos(x) / pi, tau_int - 1) * inv_sqrt / pi;
-}
-
-// coef[t] *= v2_weight(sim[t]) over a row's members: one loop the compiler vectorises (a
-// pragma cannot sit inside AT_DISPATCH's macro argument).
-template <typename T>
-void scale_by_v2_weights(T* coef, const T* sim, int64_t count, T tau, int64_t tau_int) {
+void scale_by_v2_weights(T* coef, T* sim, int64_t count, T tau, int64_t tau_int) {
+  const T pi = static_cast<T>(M_PI), clip = static_cast<T>(kV2InvSqrtClip);
+  const T scale = static_cast<T>(kV2Scale);
 #pragma omp simd
-  for (int64_t t = 0; t < count; ++t) coef[t] *= v2_weight(sim[t], tau, tau_int);
+  for (int64_t t = 0; t < count; ++t) {
+    const T x = scale * sim[t];
+    coef[t] *= tau * std::min(clip, 1 / std::sqrt(1 - x * x)) / pi;
+    sim[t] = 1 - arccos(x) / pi;  // the power's base
+  }
+  for (int64_t exponent = tau_int - 1; exponent > 0; exponent >>= 1) {
+    if (exponent & 1) {
+#pragma omp simd
+      for (int64_t t = 0; t < count; ++t) coef[t] *= sim[t];
+    }
+    if (exponent > 1) {
+#pragma omp simd
+      for (int64_t t = 0; t < count; ++t) sim[t] *= sim[t];
+    }
+  }
 }
 
 at::Tensor new_output(const at::Tensor& like, at::IntArrayRef sizes) {
@@ -239,7 +253,13 @@ inline uint32_t mix32(uint32_t x) {
 // v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}, cut to
 // one survivor per slot b mod `slots` when 0 < slots < n_in (see reference.slot_survivors).
 // The input side of every (batch, head) and round is sorted once; output rows are then
-// independent, so the work is split over (batch * heads * rows).
+// independent. v1 is split over (batch * heads * rows). v2 over (batch * heads, block of
+// kRowBlock rows): the block's kept pairs are found row by row, then ordered by key tile, so
+// the gathered rows y_b, z_b of one tile (about kTileBytes) stay in L2 while every row of the
+// block uses them; gathering them from the whole head (2 MB at n = 4,096, d = 64) missed L2.
+constexpr int64_t kRowBlock = 128;
+constexpr int64_t kTileBytes = 192 * 1024;
+
 at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& sim_out_,
                                const at::Tensor& x_out_, const at::Tensor& codes_in_,
                                const at::Tensor& y_in_, const at::Tensor& z_in_,
@@ -266,89 +286,144 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
                    bits = bits_.to(at::kLong).contiguous();
   const int64_t e = x_out.size(3), bh_count = batch * heads;
   const bool capped = v2 && slots > 0 && slots < n_in;
+  const bool pow2_slots = capped && (slots & (slots - 1)) == 0;
   const uint32_t seed32 = static_cast<uint32_t>(seed & 0xffffffff);
   at::Tensor out = new_output(z_in, {batch, heads, n_out, d});
 
   const int64_t* ci = codes_in.data_ptr<int64_t>();
+  const int64_t* co = codes_out.data_ptr<int64_t>();
   std::vector<SortedRound> sorted(rounds * bh_count);  // [r * bh_count + bh], as codes_in
   at::parallel_for(0, rounds * bh_count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) sorted[t].build(ci + t * n_in, n_in);
   });
+  // fn(b, r) for every collision event (b, r) of output row a of head bh.
+  auto for_each_event = [&](int64_t bh, int64_t a, auto&& fn) {
+    for (int64_t r = 0; r < rounds; ++r) {
+      const SortedRound& round = sorted[r * bh_count + bh];
+      const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
+      for (int64_t s = lo; s < hi; ++s) fn(round.index[s], r);
+    }
+  };
 
   AT_DISPATCH_FLOATING_TYPES(z_in.scalar_type(), "lra_lsh::weighted_cumulation", [&] {
-    const int64_t* co = codes_out.data_ptr<int64_t>();
     const scalar_t* xo = x_out.data_ptr<scalar_t>();
     const scalar_t* yi = y_in.data_ptr<scalar_t>();
     const scalar_t* zi = z_in.data_ptr<scalar_t>();
     const scalar_t* so = v2 ? sim_out.data_ptr<scalar_t>() : nullptr;
     const int64_t* tau_of = bits.data_ptr<int64_t>();
     scalar_t* res = out.data_ptr<scalar_t>();
-    at::parallel_for(0, bh_count * n_out, 16, [&](int64_t begin, int64_t end) {
-      // uncapped v2: seen[b] == row once b joined U_a. capped: per slot the row that last wrote
-      // it and the smallest (event key, b) of its events, the key of event (b, r) being the mix
-      // of (seed, head, a, b, r); the slot's survivor is that b (reference.slot_survivors).
-      std::vector<int64_t> seen(v2 && !capped ? n_in : 0, -1);
+    if (!v2) {
+      at::parallel_for(0, bh_count * n_out, 16, [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> acc(d);
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t bh = row / n_out;
+          const scalar_t* x_a = xo + row * e;
+          const scalar_t* y_bh = yi + bh * n_in * e;
+          const scalar_t* z_bh = zi + bh * n_in * d;
+          std::fill(acc.begin(), acc.end(), scalar_t(0));
+          for_each_event(bh, row % n_out, [&](int32_t b, int64_t) {
+            axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+          });
+          const scalar_t scale =
+              static_cast<scalar_t>(tau_of[bh / heads]) / 2 / static_cast<scalar_t>(rounds);
+          for (int64_t t = 0; t < d; ++t) res[row * d + t] = acc[t] * scale;
+        }
+      });
+      return;
+    }
+    const int64_t blocks = (n_out + kRowBlock - 1) / kRowBlock;  // per (batch, head)
+    // keys per tile: the largest power of two (at least 32) whose y and z rows fit kTileBytes,
+    // so that a key's tile is a shift (an integer division per pair cost as much as the dots)
+    int tile_shift = 5;
+    while ((int64_t{2} << tile_shift) * (d + e) * static_cast<int64_t>(sizeof(scalar_t)) <=
+           kTileBytes) {
+      ++tile_shift;
+    }
+    const int64_t tiles = ((n_in - 1) >> tile_shift) + 1;
+    at::parallel_for(0, bh_count * blocks, 1, [&](int64_t begin, int64_t end) {
+      // uncapped: seen[b] == row once b joined U_a. capped: per slot the row that last wrote it
+      // and the smallest (event key, b) of its events, the key of event (b, r) being the mix of
+      // (seed, head, a, b, r); the slot's survivor is that b (reference.slot_survivors).
+      std::vector<int64_t> seen(capped ? 0 : n_in, -1);
       std::vector<int64_t> slot_row(capped ? slots : 0, -1);
       std::vector<uint64_t> slot_best(capped ? slots : 0);
-      std::vector<int32_t> members;  // v2: the kept keys of U_a (capped: one per touched slot)
-      std::vector<scalar_t> sim, coef;  // v2, per member: sim_a . z_b, then its full weight
-      std::vector<scalar_t> acc(d);
-      const bool pow2_slots = capped && (slots & (slots - 1)) == 0;
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t bh = row / n_out, a = row % n_out;
+      std::vector<int32_t> kept, kept_row;  // the block's kept pairs (b, a - a0), row by row
+      std::vector<int32_t> pair_b, pair_row;  // the same pairs by key tile
+      std::vector<int64_t> tile_start(tiles + 1);
+      std::vector<scalar_t> sim, coef, acc;  // per pair of a tile: sim_a . z_b, then its weight
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t bh = task / blocks, a0 = (task % blocks) * kRowBlock;
+        const int64_t a1 = std::min(n_out, a0 + kRowBlock);
         const int64_t tau_int = tau_of[bh / heads];
         const scalar_t tau = static_cast<scalar_t>(tau_int);
-        const scalar_t scale = v2 ? scalar_t(1) : tau / 2 / static_cast<scalar_t>(rounds);
-        const scalar_t* x_a = xo + row * e;
-        const scalar_t* y_bh = yi + bh * n_in * e;
-        const scalar_t* z_bh = zi + bh * n_in * d;
-        const uint32_t per_a =
-            mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^ static_cast<uint32_t>(a));
-        std::fill(acc.begin(), acc.end(), scalar_t(0));
-        members.clear();
-        for (int64_t r = 0; r < rounds; ++r) {
-          const SortedRound& round = sorted[r * bh_count + bh];
-          const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
-          for (int64_t s = lo; s < hi; ++s) {
-            const int32_t b = round.index[s];
-            if (!v2) {
-              axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
-            } else if (capped) {
+        kept.clear();
+        kept_row.clear();
+        for (int64_t a = a0; a < a1; ++a) {
+          const int64_t row = bh * n_out + a;
+          const size_t first = kept.size();
+          if (capped) {
+            const uint32_t per_a = mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^
+                                         static_cast<uint32_t>(a));
+            for_each_event(bh, a, [&](int32_t b, int64_t r) {
               const uint32_t event = mix32(mix32(per_a ^ static_cast<uint32_t>(b)) ^
                                            static_cast<uint32_t>(r));
-              const uint64_t key = (static_cast<uint64_t>(event) << 31) | static_cast<uint64_t>(b);
+              const uint64_t key =
+                  (static_cast<uint64_t>(event) << 31) | static_cast<uint64_t>(b);
               const int64_t slot = pow2_slots ? (b & (slots - 1)) : (b % slots);
               if (slot_row[slot] != row) {
                 slot_row[slot] = row;
                 slot_best[slot] = key;
-                members.push_back(static_cast<int32_t>(slot));  // the slot, for now
+                kept.push_back(static_cast<int32_t>(slot));  // the slot, for now
               } else if (key < slot_best[slot]) {
                 slot_best[slot] = key;
               }
-            } else if (seen[b] != row) {
-              seen[b] = row;
-              members.push_back(b);
+            });
+            for (size_t t = first; t < kept.size(); ++t) {  // each touched slot's survivor
+              kept[t] = static_cast<int32_t>(slot_best[kept[t]] & 0x7fffffffu);
             }
+          } else {
+            for_each_event(bh, a, [&](int32_t b, int64_t) {
+              if (seen[b] != row) {
+                seen[b] = row;
+                kept.push_back(b);
+              }
+            });
           }
+          kept_row.resize(kept.size(), static_cast<int32_t>(a - a0));
         }
-        if (v2) {
-          const int64_t count = static_cast<int64_t>(members.size());
-          if (capped) {  // each touched slot's survivor
-            for (auto& m : members) m = static_cast<int32_t>(slot_best[m] & 0x7fffffffu);
-          }
-          // Dots first, then the weights in one vectorisable pass, then the sum.
+        // Counting sort by key tile (stable: each tile keeps the block's row order).
+        std::fill(tile_start.begin(), tile_start.end(), 0);
+        for (const int32_t b : kept) ++tile_start[(b >> tile_shift) + 1];
+        for (int64_t t = 0; t < tiles; ++t) tile_start[t + 1] += tile_start[t];
+        pair_b.resize(kept.size());
+        pair_row.resize(kept.size());
+        std::vector<int64_t> cursor(tile_start.begin(), tile_start.end() - 1);
+        for (size_t p = 0; p < kept.size(); ++p) {
+          const int64_t slot = cursor[kept[p] >> tile_shift]++;
+          pair_b[slot] = kept[p];
+          pair_row[slot] = kept_row[p];
+        }
+        const scalar_t* x_block = xo + (bh * n_out + a0) * e;
+        const scalar_t* sim_block = so + (bh * n_out + a0) * d;
+        const scalar_t* y_bh = yi + bh * n_in * e;
+        const scalar_t* z_bh = zi + bh * n_in * d;
+        acc.assign((a1 - a0) * d, scalar_t(0));
+        for (int64_t t = 0; t < tiles; ++t) {
+          // Dots first, then the weights in one vectorisable pass, then the sums.
+          const int64_t lo = tile_start[t], count = tile_start[t + 1] - lo;
           sim.resize(count);
           coef.resize(count);
-          const scalar_t* sim_a = so + row * d;
-          for (int64_t t = 0; t < count; ++t) {
-            sim[t] = dot(sim_a, z_bh + members[t] * d, d);
-            coef[t] = dot(x_a, y_bh + members[t] * e, e);
+          for (int64_t p = 0; p < count; ++p) {
+            const int64_t b = pair_b[lo + p], i = pair_row[lo + p];
+            sim[p] = dot(sim_block + i * d, z_bh + b * d, d);
+            coef[p] = dot(x_block + i * e, y_bh + b * e, e);
           }
           scale_by_v2_weights(coef.data(), sim.data(), count, tau, tau_int);
-          for (int64_t t = 0; t < count; ++t) axpy(coef[t], z_bh + members[t] * d, acc.data(), d);
+          for (int64_t p = 0; p < count; ++p) {
+            axpy(coef[p], z_bh + pair_b[lo + p] * d, acc.data() + pair_row[lo + p] * d, d);
+          }
         }
-        scalar_t* res_a = res + row * d;
-        for (int64_t t = 0; t < d; ++t) res_a[t] = acc[t] * scale;
+        std::copy(acc.begin(), acc.end(), res + (bh * n_out + a0) * d);
       }
     });
   });
