@@ -26,10 +26,11 @@ class Profile:
     scales: tuple[float, ...]       # logit scales of the entropy sweep
     segments: int = 2               # real inputs: text segments (x 6 layers = instances)
     threads: int | None = None      # torch intra-op threads (None: torch's default, all cores)
-    # No cell should take longer than this many seconds (all its passes): after a cell over
-    # half of it, the longer lengths of that series and batch size, each at least twice as long,
-    # are recorded as skipped (None: no limit). What it cuts is the slow oracles' long tail
-    # (YOSO's reference backend at n = 4,096 took over 8 minutes at one thread).
+    # No cell should take longer than this many seconds (all its passes): each of a cell's two
+    # timers stops repeating past a quarter of it, and after a cell over half of it the longer
+    # lengths of that series and batch size, each at least twice as long, are recorded as
+    # skipped (None: no limit). What it cuts is the slow oracles' long tail (YOSO's reference
+    # backend, 2 x 32 heads: one forward+backward at batch 8, n = 2,048 takes 10 s).
     cell_limit_s: float | None = None
 
 
