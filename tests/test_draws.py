@@ -39,10 +39,11 @@ def test_a_generator_is_addressed_by_seed_and_draw_number():
 
 def test_module_seed_is_the_option_or_one_draw_of_the_global_rng():
     assert module_seed(7) == 7
-    torch.manual_seed(0)
-    drawn = [module_seed(None) for _ in range(2)]
-    torch.manual_seed(0)
-    assert [module_seed(None) for _ in range(2)] == drawn  # torch.manual_seed fixes it
+    with torch.random.fork_rng(devices=[]):  # the global RNG is left as it was
+        torch.manual_seed(0)
+        drawn = [module_seed(None) for _ in range(2)]
+        torch.manual_seed(0)
+        assert [module_seed(None) for _ in range(2)] == drawn  # torch.manual_seed fixes it
     assert drawn[0] != drawn[1] and all(0 <= s < 2**62 for s in drawn)  # successive layers differ
     assert max(drawn) >= 2**40  # drawn from the whole 62-bit range (P(fail) ~ 2^-44)
     assert isinstance(drawn[0], int)
