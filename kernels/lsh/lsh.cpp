@@ -65,19 +65,6 @@ inline T dot(const T* a, const T* b, int64_t n) {
   return s;
 }
 
-// (a . b, c . f) in one pass: two independent accumulations interleaved.
-template <typename T>
-inline void dot2(const T* a, const T* b, const T* c, const T* f, int64_t n, T& ab, T& cf) {
-  T s = 0, u = 0;
-#pragma omp simd reduction(+ : s, u)
-  for (int64_t i = 0; i < n; ++i) {
-    s += a[i] * b[i];
-    u += c[i] * f[i];
-  }
-  ab = s;
-  cf = u;
-}
-
 template <typename T>
 inline void axpy(T alpha, const T* x, T* y, int64_t n) {
 #pragma omp simd
@@ -349,7 +336,7 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
       std::vector<uint64_t> slot_best(capped ? slots : 0);
       std::vector<int32_t> kept, kept_row;  // the block's kept pairs (b, a - a0), row by row
       std::vector<int32_t> pair_b, pair_row;  // the same pairs by key tile
-      std::vector<int64_t> tile_start(tiles + 1);
+      std::vector<int64_t> tile_start(tiles + 1), cursor(tiles);  // tile t's pairs, its fill
       std::vector<scalar_t> sim, coef, acc;  // per pair of a tile: sim_a . z_b, then its weight
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / blocks, a0 = (task % blocks) * kRowBlock;
@@ -397,7 +384,7 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
         for (int64_t t = 0; t < tiles; ++t) tile_start[t + 1] += tile_start[t];
         pair_b.resize(kept.size());
         pair_row.resize(kept.size());
-        std::vector<int64_t> cursor(tile_start.begin(), tile_start.end() - 1);
+        std::copy(tile_start.begin(), tile_start.end() - 1, cursor.begin());
         for (size_t p = 0; p < kept.size(); ++p) {
           const int64_t slot = cursor[kept[p] >> tile_shift]++;
           pair_b[slot] = kept[p];

@@ -107,14 +107,15 @@ def slot_survivors(collide: torch.Tensor, rows: torch.Tensor, slots: int, seed: 
     _, batch, heads, n_rows, n_in = collide.shape
     # Keys only for the collision events: the full (rounds, ..., n_in) grid of int64 keys would
     # be a dozen passes over 8 bytes per element, most of them for pairs that never collide.
-    r, e, h, a, b = collide.nonzero(as_tuple=True)
+    r, x, h, a, b = collide.nonzero(as_tuple=True)  # round, example, head, row, input
     key = mix32(mix32(mix32(mix32((seed & MASK32) ^ h) ^ rows[a]) ^ b) ^ r)
     never = torch.iinfo(torch.int64).max
     # a pair's events share b, so the smallest (key * 2^31 + b) is its smallest key's
-    pair = ((e * heads + h) * n_rows + a) * n_in + b
+    pair = ((x * heads + h) * n_rows + a) * n_in + b
     full = torch.full((batch * heads * n_rows * n_in,), never, device=collide.device)
     full = full.scatter_reduce_(0, pair, key * 2**31 + b, "amin").view(batch, heads, n_rows, n_in)
     union = full != never
+    # (batch, heads, rows, n_in / slots rounded up, slots): b sits at [b // slots, b % slots]
     grid = torch.cat([full, full.new_full((*full.shape[:-1], -n_in % slots), never)], dim=-1)
     grid = grid.unflatten(-1, (-1, slots))
     # the slot's smallest over the few b sharing it (an elementwise minimum: torch's int64 amin
