@@ -71,6 +71,58 @@ inline void axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// out[p] = a[rows[p]] . b[keys[p]] (rows of `width`) for `count` pairs, four at a time: four
+// independent sums in flight instead of one dependent chain per dot (the gathered rows come from
+// L2, and a lone chain waited on each).
+template <typename T>
+void pair_dots(const T* a, const T* b, const int32_t* rows, const int32_t* keys, int64_t count,
+               int64_t width, T* out) {
+  int64_t p = 0;
+  for (; p + 4 <= count; p += 4) {
+    const T *a0 = a + rows[p] * width, *a1 = a + rows[p + 1] * width,
+            *a2 = a + rows[p + 2] * width, *a3 = a + rows[p + 3] * width;
+    const T *b0 = b + keys[p] * width, *b1 = b + keys[p + 1] * width,
+            *b2 = b + keys[p + 2] * width, *b3 = b + keys[p + 3] * width;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t t = 0; t < width; ++t) {
+      s0 += a0[t] * b0[t];
+      s1 += a1[t] * b1[t];
+      s2 += a2[t] * b2[t];
+      s3 += a3[t] * b3[t];
+    }
+    out[p] = s0;
+    out[p + 1] = s1;
+    out[p + 2] = s2;
+    out[p + 3] = s3;
+  }
+  for (; p < count; ++p) out[p] = dot(a + rows[p] * width, b + keys[p] * width, width);
+}
+
+// acc[rows[p]] += coef[p] z[keys[p]] for `count` pairs that come grouped by row: four pairs of a
+// row per pass, so its sum is loaded and stored once per four keys, not once per key.
+template <typename T>
+void accumulate_pairs(T* acc, const T* z, const int32_t* rows, const int32_t* keys,
+                      const T* coef, int64_t count, int64_t width) {
+  int64_t p = 0;
+  while (p < count) {
+    const int32_t row = rows[p];
+    int64_t end = p + 1;
+    while (end < count && rows[end] == row) ++end;
+    T* out = acc + row * width;
+    for (; p + 4 <= end; p += 4) {
+      const T c0 = coef[p], c1 = coef[p + 1], c2 = coef[p + 2], c3 = coef[p + 3];
+      const T *z0 = z + keys[p] * width, *z1 = z + keys[p + 1] * width,
+              *z2 = z + keys[p + 2] * width, *z3 = z + keys[p + 3] * width;
+#pragma omp simd
+      for (int64_t t = 0; t < width; ++t) {
+        out[t] += (c0 * z0[t] + c1 * z1[t]) + (c2 * z2[t] + c3 * z3[t]);
+      }
+    }
+    for (; p < end; ++p) axpy(coef[p], z + keys[p] * width, out, width);
+  }
+}
+
 // arccos: std::acos in fp64 (the oracle's precision); in fp32 the polynomial of Abramowitz and
 // Stegun 4.4.46 (absolute error <= 2e-8 on [0, 1], acos(-x) = pi - acos(x)), because libm's
 // scalar acosf was a quarter of the v2 backward's time and this form vectorises.
@@ -236,6 +288,19 @@ inline uint32_t mix32(uint32_t x) {
   return x ^ (x >> 16);
 }
 
+// keys[s] = the draw key (mix of (per_a, b, r) << 31 | b) of event (b = index[s], r), over one
+// bucket's rows: a loop the compiler vectorises. per_a: the mix of (seed, head, output row a).
+void event_keys(const int32_t* index, int64_t count, uint32_t per_a, uint32_t r, uint64_t* keys) {
+#pragma omp simd
+  for (int64_t s = 0; s < count; ++s) {
+    const uint32_t b = static_cast<uint32_t>(index[s]);
+    keys[s] = (static_cast<uint64_t>(mix32(mix32(per_a ^ b) ^ r)) << 31) | b;
+  }
+}
+
+// A free slot's key: above every draw key (those are below 2^63).
+constexpr uint64_t kNoKey = ~uint64_t{0};
+
 // v1: (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b;
 // v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}, cut to
 // one survivor per slot b mod `slots` when 0 < slots < n_in (see reference.slot_survivors).
@@ -328,12 +393,15 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
     }
     const int64_t tiles = ((n_in - 1) >> tile_shift) + 1;
     at::parallel_for(0, bh_count * blocks, 1, [&](int64_t begin, int64_t end) {
-      // uncapped: seen[b] == row once b joined U_a. capped: per slot the row that last wrote it
-      // and the smallest (event key, b) of its events, the key of event (b, r) being the mix of
-      // (seed, head, a, b, r); the slot's survivor is that b (reference.slot_survivors).
+      // uncapped: seen[b] == row once b joined U_a. capped: per slot the smallest (event key, b)
+      // of row a's events, the key of event (b, r) being the mix of (seed, head, a, b, r); the
+      // slot's survivor is that b (reference.slot_survivors). A row's updates are branch-free
+      // (min, and a count bumped by a comparison): which slot an event finds free is a coin
+      // toss, and as branches the mispredictions cost more than all the other work of the walk.
       std::vector<int64_t> seen(capped ? 0 : n_in, -1);
-      std::vector<int64_t> slot_row(capped ? slots : 0, -1);
-      std::vector<uint64_t> slot_best(capped ? slots : 0);
+      std::vector<uint64_t> slot_best(capped ? slots : 0, kNoKey);  // kNoKey between rows
+      std::vector<uint64_t> events;  // capped: one row's event keys
+      std::vector<int32_t> touched;  // a row's new slots (capped) or new keys (uncapped)
       std::vector<int32_t> kept, kept_row;  // the block's kept pairs (b, a - a0), row by row
       std::vector<int32_t> pair_b, pair_row;  // the same pairs by key tile
       std::vector<int64_t> tile_start(tiles + 1), cursor(tiles);  // tile t's pairs, its fill
@@ -347,34 +415,42 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
         kept_row.clear();
         for (int64_t a = a0; a < a1; ++a) {
           const int64_t row = bh * n_out + a;
-          const size_t first = kept.size();
           if (capped) {
             const uint32_t per_a = mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^
                                          static_cast<uint32_t>(a));
-            for_each_event(bh, a, [&](int32_t b, int64_t r) {
-              const uint32_t event = mix32(mix32(per_a ^ static_cast<uint32_t>(b)) ^
-                                           static_cast<uint32_t>(r));
-              const uint64_t key =
-                  (static_cast<uint64_t>(event) << 31) | static_cast<uint64_t>(b);
+            events.clear();
+            for (int64_t r = 0; r < rounds; ++r) {
+              const SortedRound& round = sorted[r * bh_count + bh];
+              const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
+              const size_t at = events.size();
+              events.resize(at + (hi - lo));
+              event_keys(round.index.data() + lo, hi - lo, per_a, static_cast<uint32_t>(r),
+                         events.data() + at);
+            }
+            touched.resize(events.size());
+            int64_t fresh = 0;
+            for (const uint64_t key : events) {
+              const int64_t b = static_cast<int64_t>(key & 0x7fffffffu);
               const int64_t slot = pow2_slots ? (b & (slots - 1)) : (b % slots);
-              if (slot_row[slot] != row) {
-                slot_row[slot] = row;
-                slot_best[slot] = key;
-                kept.push_back(static_cast<int32_t>(slot));  // the slot, for now
-              } else if (key < slot_best[slot]) {
-                slot_best[slot] = key;
-              }
-            });
-            for (size_t t = first; t < kept.size(); ++t) {  // each touched slot's survivor
-              kept[t] = static_cast<int32_t>(slot_best[kept[t]] & 0x7fffffffu);
+              const uint64_t best = slot_best[slot];
+              touched[fresh] = static_cast<int32_t>(slot);
+              fresh += best == kNoKey;
+              slot_best[slot] = std::min(best, key);
+            }
+            for (int64_t t = 0; t < fresh; ++t) {  // each touched slot's survivor, then free it
+              const int32_t slot = touched[t];
+              kept.push_back(static_cast<int32_t>(slot_best[slot] & 0x7fffffffu));
+              slot_best[slot] = kNoKey;
             }
           } else {
+            int64_t fresh = 0;
             for_each_event(bh, a, [&](int32_t b, int64_t) {
-              if (seen[b] != row) {
-                seen[b] = row;
-                kept.push_back(b);
-              }
+              if (fresh == static_cast<int64_t>(touched.size())) touched.resize(2 * fresh + 64);
+              touched[fresh] = b;
+              fresh += seen[b] != row;
+              seen[b] = row;
             });
+            kept.insert(kept.end(), touched.begin(), touched.begin() + fresh);
           }
           kept_row.resize(kept.size(), static_cast<int32_t>(a - a0));
         }
@@ -400,15 +476,12 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
           const int64_t lo = tile_start[t], count = tile_start[t + 1] - lo;
           sim.resize(count);
           coef.resize(count);
-          for (int64_t p = 0; p < count; ++p) {
-            const int64_t b = pair_b[lo + p], i = pair_row[lo + p];
-            sim[p] = dot(sim_block + i * d, z_bh + b * d, d);
-            coef[p] = dot(x_block + i * e, y_bh + b * e, e);
-          }
+          const int32_t* rows = pair_row.data() + lo;
+          const int32_t* keys = pair_b.data() + lo;
+          pair_dots(sim_block, z_bh, rows, keys, count, d, sim.data());
+          pair_dots(x_block, y_bh, rows, keys, count, e, coef.data());
           scale_by_v2_weights(coef.data(), sim.data(), count, tau, tau_int);
-          for (int64_t p = 0; p < count; ++p) {
-            axpy(coef[p], z_bh + pair_b[lo + p] * d, acc.data() + pair_row[lo + p] * d, d);
-          }
+          accumulate_pairs(acc.data(), z_bh, rows, keys, coef.data(), count, d);
         }
         std::copy(acc.begin(), acc.end(), res + (bh * n_out + a0) * d);
       }
