@@ -34,8 +34,9 @@ def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def newton_pinv(a: torch.Tensor, iterations: int, update: str = "razavi") -> torch.Tensor:
-    """Pseudo-inverse of a: (..., m, m) by `iterations` hyperpower steps, in >= float32."""
+def newton_pinv(a: torch.Tensor, iterations: int, update: str) -> torch.Tensor:
+    """Pseudo-inverse of a: (..., m, m) by `iterations` hyperpower steps of `update` (a key of
+    UPDATES; no default, so each method states its own), in >= float32."""
     coeffs = UPDATES[update]
     dtype = math_dtype(a.dtype)
     with torch.autocast(a.device.type, enabled=False):
@@ -57,7 +58,7 @@ def newton_pinv(a: torch.Tensor, iterations: int, update: str = "razavi") -> tor
 
 
 def masked_pinv(
-    a: torch.Tensor, valid: torch.Tensor, iterations: int, update: str = "razavi"
+    a: torch.Tensor, valid: torch.Tensor, iterations: int, update: str
 ) -> torch.Tensor:
     """Pseudo-inverse of the valid landmark block of a: (batch, heads, m, m); valid: (batch, m).
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("mutmut", path=str(Path(sys.executable).parent)) is None:
         sys.exit("error: mutmut is not installed; run: pip install -e '.[mutation]'")
-    command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python tools/mutation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     first = args.work / "mutation-command.txt"
     mutants: list[str] = []
     if args.recheck:
