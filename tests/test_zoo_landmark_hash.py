@@ -9,16 +9,20 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import exact, make
 
 from attention_zoo import AttentionError, build_attention
 from attention_zoo.blocks import neighbour_blocks
 from attention_zoo.conv_branch import ConvBranch
+from attention_zoo.draws import stable_seed
 from attention_zoo.landmarks import real_tokens_in_windows, segment_means
 from attention_zoo.masking import suffix_mask
 from attention_zoo.pinv import masked_pinv, newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
 from attention_zoo.structured import relative_error, structured_qkv
+from attention_zoo.yoso import gaussian_planes, hadamard_planes, padded_dim
+from kernels.lsh import lsh_cumulation
 from kernels.lsh.reference import bucket_cumulation, simhash_codes
 
 HEADS, DIM = 2, 16
@@ -470,3 +474,137 @@ def test_yoso_hadamard_collisions_run_below_the_gaussian_kernel():
     stderr = math.sqrt(expected * (1 - expected) / same.numel())
     print(f"\nhadamard collision rate at q.k = {cos}: {rate:.4f} vs {expected:.4f}")
     assert rate < expected - 5 * stderr
+
+
+# ---------------------------------------------------------------- YOSO's wiring, planes and options
+
+
+@pytest.mark.parametrize("tau, bits", [(8, [6, 5]), (2, [2, 2])])
+def test_yoso_attention_is_the_documented_composition(tau, bits):
+    """Forward and backward equal, written out: unit q and k, each example's low `bits` bits of the
+    SimHash codes (tau capped at ceil(log2 L) + tau_slack), padded keys in bucket 2^tau and padded
+    queries in 2^tau + 1, lsh_cumulation with the v2 workspace seeded by (module seed, draw), and
+    the output L2-normalised per row. Padded rows hold finite junk so that their codes matter too.
+    tau 8 caps the bits; tau 2 leaves 4 buckets, so that 3 slots (of 16 keys) make the survivor
+    draw bind and a padded query's code, were it below 2^tau, would collide."""
+    seed = 11
+    attn = make("yoso", 16, tau=tau, num_hash=4, seed=seed, backward_slots=3,
+                backend="reference").double()
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, HEADS, 16, DIM, generator=gen, dtype=torch.float64,
+                           requires_grad=True) for _ in range(3))
+    mask = suffix_mask([11, 5], 16)
+    grad = torch.randn(2, HEADS, 16, DIM, generator=gen, dtype=torch.float64)
+    ours = attn._attend(q, k, v, mask)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+
+    assert [min(tau, math.ceil(math.log2(length)) + 2) for length in (11, 5)] == bits
+    low = (2 ** torch.tensor(bits) - 1)[:, None, None]
+    pad = ~mask[:, None, :]
+    planes = attn.draw_planes(0).double()
+    qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    q_codes = (simhash_codes(qn, planes) & low).masked_fill(pad, 2**tau + 1)
+    k_codes = (simhash_codes(kn, planes) & low).masked_fill(pad, 2**tau)
+
+    def by_hand(survivor_seed):
+        out, _ = lsh_cumulation(qn, kn, v, q_codes, k_codes, torch.tensor(bits), 2**tau + 2,
+                                "v2", 3, survivor_seed, "reference")
+        out = F.normalize(out, dim=-1)
+        return out, torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+
+    expected, expected_grads = by_hand(stable_seed(seed, 0))
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    for name, got, want in zip("qkv", ours_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"d{name}")
+    if tau == 2:  # the cap binds: another survivor seed moves the q/k gradients
+        assert not torch.allclose(by_hand(stable_seed(seed))[1][0], expected_grads[0])
+
+
+def test_yoso_without_a_slot_cap_keeps_every_colliding_pair():
+    """backward_slots null is the complete union, the same gradient as a cap of every key."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, HEADS, 32, DIM, generator=gen, requires_grad=True) for _ in range(3))
+    mask = torch.ones(1, 32, dtype=torch.bool)
+    grads = [torch.autograd.grad(
+        make("yoso", 32, seed=2, tau=4, backward_slots=slots)(q, k, v, mask).sum(), (q, k))
+        for slots in (None, 32, 4)]
+    for full, capped in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(full, capped, rtol=0, atol=0)
+    assert not torch.equal(grads[0][0], grads[2][0])  # a cap below the keys does bind
+
+
+def test_yoso_reports_the_backend_it_ran():
+    attn = make("yoso", 16, backend="reference")
+    assert attn.backend_in_use is None  # no forward yet
+    q, k, v = structured_qkv(1, HEADS, 16, DIM, seed=1)
+    attn(q, k, v, torch.ones(1, 16, dtype=torch.bool))
+    assert attn.backend_in_use == "reference"
+
+
+def test_yoso_planes_follow_the_hash_option():
+    for hash_, family in (("hadamard", hadamard_planes), ("gaussian", gaussian_planes)):
+        attn = make("yoso", 64, hash=hash_, seed=3, tau=4, num_hash=8)
+        expected = family(attn.draws.generator(2), HEADS, 8, DIM, 4)
+        torch.testing.assert_close(attn.draw_planes(2), expected, rtol=0, atol=0)
+    planes = gaussian_planes(torch.Generator().manual_seed(0), 3, 5, DIM, 4)
+    assert planes.shape == (3, 5, DIM, 4)
+    assert not torch.equal(planes[0], planes[1])  # each head its own planes
+
+
+def test_yoso_seed_option_fixes_the_draws():
+    """seed=s gives the same planes whatever the global RNG; seed null draws one from it."""
+    def planes(seed, torch_seed):
+        return make("yoso", 64, seed=seed, torch_seed=torch_seed).draw_planes(0)
+
+    assert torch.equal(planes(5, 0), planes(5, 1))
+    assert not torch.equal(planes(5, 0), planes(6, 0))
+    assert torch.equal(planes(None, 0), planes(None, 0))
+    assert not torch.equal(planes(None, 0), planes(None, 1))
+
+
+@pytest.mark.parametrize("head_dim, width", [(1, 1), (2, 2), (16, 16), (17, 32), (64, 64),
+                                             (65, 128)])
+def test_yoso_hadamard_width_is_head_dim_rounded_up_to_a_power_of_two(head_dim, width):
+    assert padded_dim(head_dim) == width
+
+
+def test_yoso_bits_per_example():
+    """tau capped at ceil(log2 L) + tau_slack (an empty example counts as L = 1)."""
+    lengths = [0, 1, 2, 3, 5, 8, 64]
+    mask = suffix_mask(lengths, 64)
+    assert make("yoso", 64, tau=12).example_bits(mask).tolist() == [2, 2, 3, 4, 5, 5, 8]
+    assert make("yoso", 64, tau=4).example_bits(mask).tolist() == [2, 2, 3, 4, 4, 4, 4]
+    assert make("yoso", 64, tau=12, tau_slack=None).example_bits(mask).tolist() == [12] * 7
+
+
+def test_yoso_option_bounds():
+    """The lowest allowed values build, nulls where documented; past them the error names yoso,
+    the option and its bound."""
+    make("yoso", 64, num_hash=1, tau=1, tau_slack=0, seed=0, backward_slots=1)
+    make("yoso", 64, tau_slack=None, seed=None, backward_slots=None)
+    make("yoso", 64, hash="gaussian", tau=24)
+    make("yoso", 64, tau=16)  # the hadamard width at head_dim 16
+    with pytest.raises(AttentionError, match=r"^yoso: num_hash must be an int >= 1, got 0"):
+        make("yoso", 64, num_hash=0)
+    too_many = r"^yoso: tau must be <= 24 \(2\^tau buckets\), got 25$"
+    with pytest.raises(AttentionError, match=too_many):
+        make("yoso", 64, hash="gaussian", tau=25)
+    with pytest.raises(AttentionError, match=r"^yoso: hash must be one of hadamard, gaussian"):
+        make("yoso", 64, hash="simhash")
+    with pytest.raises(AttentionError, match=r"^yoso: hash 'hadamard' takes tau bits .* width 16"):
+        make("yoso", 64, tau=17)
+
+
+def test_conv_branch_is_added_to_the_attention():
+    """X_conv's output is X's output plus its conv branch of v, and conv_kernel 1 is allowed;
+    a bad kernel's error names the options class."""
+    attn = make("nystrom_conv", 64, conv_kernel=1)
+    q, k, v = structured_qkv(2, HEADS, 64, DIM, seed=6)
+    mask = suffix_mask([64, 30], 64)
+    base = type(attn).__mro__[2]  # NystromConvAttention -> WithConvBranch -> NystromAttention
+    assert base.__name__ == "NystromAttention"
+    torch.testing.assert_close(attn._attend(q, k, v, mask),
+                               base._attend(attn, q, k, v, mask) + attn.conv_branch(v, mask))
+    bad_kernel = r"^NystromConvOptions: conv_kernel must be an int >= 1, got 0$"
+    with pytest.raises(AttentionError, match=bad_kernel):
+        make("nystrom_conv", 64, conv_kernel=0)
