@@ -285,6 +285,66 @@ def test_h_transformer_partition_covers_every_pair_once(seq, block):
     torch.testing.assert_close(out, exact(q, k, v, mask), rtol=1e-12, atol=1e-12)
 
 
+def h_transformer_by_hand(q, k, v, mask, block):
+    """H-Transformer-1D pair by pair (float64): query i and key j meet at the finest level l whose
+    blocks of b level-l tokens (token t >> l) are neighbours, |(i >> l) // b - (j >> l) // b| <= 1,
+    with the weight exp(mean q . mean k / sqrt(d)) of the means over the real tokens of their
+    level-l tokens; out_i = sum_j w_ij v_j / sum_j w_ij over the real keys, softmax-stable."""
+    batch, heads, seq, dim = q.shape
+    out = torch.zeros(batch, heads, seq, dim, dtype=torch.float64)
+    for b in range(batch):
+        real = [t for t in range(seq) if mask[b, t]]
+
+        def mean(x, t, level, b=b, real=real):
+            return x[b, :, [u for u in real if u >> level == t >> level]].double().mean(dim=1)
+
+        for i in real:
+            logits, values = [], []
+            for j in real:
+                level = 0
+                while abs((i >> level) // block - (j >> level) // block) > 1:
+                    level += 1
+                logits.append((mean(q, i, level) * mean(k, j, level)).sum(-1) / math.sqrt(dim))
+                values.append(v[b, :, j].double())
+            weights = torch.softmax(torch.stack(logits, dim=-1), dim=-1)  # (heads, keys)
+            out[b, :, i] = torch.einsum("hj,jhd->hd", weights, torch.stack(values))
+    return out
+
+
+def test_h_transformer_matches_the_hierarchy_written_out():
+    """Four levels (37 tokens in blocks of 4), a padded example, float64."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(2, HEADS, 37, DIM, generator=gen, dtype=torch.float64)
+               for _ in range(3))
+    mask = suffix_mask([37, 23], 37)
+    out = make("h_transformer_1d", 37, block_size=4).double()(q, k, v, mask)
+    expected = h_transformer_by_hand(q, k, v, mask, 4)  # zero on padded rows, as ours
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_h_transformer_rescales_each_query_to_its_own_maximum():
+    """Rows whose logits are 1,000 times larger than the others' (float32) leave the others exact:
+    each fine query's levels share that query's maximum, not one over the batch, under which the
+    small rows' exponentials would underflow to 0."""
+    gen = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, HEADS, 24, DIM, generator=gen) for _ in range(3))
+    q[:, :, :4] *= 1000
+    mask = torch.ones(1, 24, dtype=torch.bool)
+    out = make("h_transformer_1d", 24, block_size=2)(q, k, v, mask)
+    expected = h_transformer_by_hand(q, k, v, mask, 2)
+    torch.testing.assert_close(out[:, :, 4:].double(), expected[:, :, 4:], rtol=1e-4, atol=1e-5)
+
+
+def test_h_transformer_option_messages():
+    make("h_transformer_1d", 64, block_size=2)
+    with pytest.raises(AttentionError, match=r"^h_transformer_1d: block_size must be an int >= 2, "
+                                             r"got 0$"):
+        make("h_transformer_1d", 64, block_size=0)
+    with pytest.raises(AttentionError, match=r"^h_transformer_1d: block_size must be even \(a "
+                                             r"coarse block is two finer blocks\), got 7$"):
+        make("h_transformer_1d", 64, block_size=7)
+
+
 # ---------------------------------------------------------------- SOFT
 
 
