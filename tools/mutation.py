@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -127,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         tests = args.tests + (["-k", args.keyword] if args.keyword else [])
         configure(args.work, args.mutate, tests)
         first.write_text(command)
+    # mutmut forks a child per mutant: a fork taken while torch's intra-op thread pool exists
+    # can hang on a futex the pool held (seen on 2 cores without taskset), so one thread.
     subprocess.run([str(Path(sys.executable).with_name("mutmut")), "run", "--max-children",
-                    str(args.jobs), *mutants], cwd=args.work, check=False)
+                    str(args.jobs), *mutants], cwd=args.work, check=False,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(args.work, command.strip()))
     print(f"written: {args.out}")
