@@ -17,6 +17,7 @@ from lra.bench import approximation as approx
 from lra.bench import efficiency, measure
 from lra.bench.measure import failure_status, timer
 from lra.bench.profiles import BUDGETS
+from lra.bench.report import ratios
 from lra.bench.study import APPROX_COLUMNS
 
 
@@ -214,3 +215,23 @@ def test_peers_asked_for_but_not_installed_are_said(monkeypatch, tmp_path, capsy
                        "--parts", "approximation", "--out", str(tmp_path)]) == 0
     missing = ", ".join(p.package for p in study.PEERS[1:])
     assert f"warning: --peers: not installed, so not compared: {missing}" in capsys.readouterr().out
+
+
+def test_ratios_divide_by_softmax_and_naive_at_the_longest_length():
+    """The report's ratios are the method's figure over softmax's (SDPA) and over softmax_naive's,
+    at the longest length and smallest batch, for time and memory each; a method faster than
+    softmax at both lengths crosses over at the first."""
+    def row(name, seq, ms, mb, batch=1):
+        return {"attention": name, "backend": "-", "batch": batch, "seq_len": seq,
+                "fwd_bwd_ms": ms, "peak_memory_mb": mb, "status": "ok"}
+
+    rows = [row("softmax", 512, 10.0, 4.0), row("softmax", 1024, 40.0, 8.0),
+            row("softmax_naive", 512, 20.0, 16.0), row("softmax_naive", 1024, 80.0, 64.0),
+            row("linear", 512, 5.0, 8.0), row("linear", 1024, 10.0, 16.0),
+            row("linear", 1024, 1.0, 1.0, batch=2)]
+    line = next(r for r in ratios(rows) if r["attention"] == "linear")
+    assert (line["seq_len"], line["batch"]) == (1024, 1)
+    assert line["time_vs_softmax"] == 10.0 / 40.0 and line["time_vs_naive"] == 10.0 / 80.0
+    assert line["memory_vs_softmax"] == 16.0 / 8.0 and line["memory_vs_naive"] == 16.0 / 64.0
+    assert line["time_crossover"] == "512"
+    assert line["memory_crossover"] == "none up to 1024"
