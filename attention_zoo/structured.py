@@ -21,19 +21,20 @@ def structured_qkv(
     head_dim: int,
     *,
     seed: int = 0,
-    smoothness: float = 0.05,
     noise: float = 0.3,
     scale: float = 3.0,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v: (batch, heads, seq, head_dim) around one smooth walk per (batch, head).
+    """q, k, v: (batch, heads, seq, head_dim) around one random walk per (batch, head).
 
-    The walk moves by `smoothness * N(0, I)` per token, so tokens i and j have keys about
-    `smoothness * sqrt(|i - j|)` apart; `scale` sets how peaked softmax(qk^T/sqrt(d)) is.
+    The walk (N(0, I) steps), centred and scaled to unit length per token, turns slowly, so nearby
+    tokens point the same way: at seq 1,024 and head_dim 64 the mean cosine between tokens i and
+    j is 0.996 at |i - j| = 1, 0.94 at 16, 0.53 at 128 and -0.55 at 512. (The step size cancels
+    in that scaling, so there is no smoothness knob.) `noise` blurs q and k around the walk and
+    `scale` sets how peaked softmax(qk^T/sqrt(d)) is.
     """
     gen = torch.Generator().manual_seed(seed)
-    steps = torch.randn(batch, heads, seq, head_dim, generator=gen) * smoothness
-    walk = torch.cumsum(steps, dim=2)
+    walk = torch.cumsum(torch.randn(batch, heads, seq, head_dim, generator=gen), dim=2)
     walk = walk - walk.mean(dim=2, keepdim=True)
     walk = walk / walk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     q = scale * (walk + noise * torch.randn(walk.shape, generator=gen) / head_dim**0.5)
