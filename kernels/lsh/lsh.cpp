@@ -348,12 +348,13 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
   at::parallel_for(0, rounds * bh_count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) sorted[t].build(ci + t * n_in, n_in);
   });
-  // fn(b, r) for every collision event (b, r) of output row a of head bh.
-  auto for_each_event = [&](int64_t bh, int64_t a, auto&& fn) {
+  // fn(index, count, r) for each round r, with the `count` input rows index[0..count) that share
+  // output row a's bucket in that round (head bh).
+  auto for_each_bucket = [&](int64_t bh, int64_t a, auto&& fn) {
     for (int64_t r = 0; r < rounds; ++r) {
       const SortedRound& round = sorted[r * bh_count + bh];
       const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
-      for (int64_t s = lo; s < hi; ++s) fn(round.index[s], r);
+      fn(round.index.data() + lo, hi - lo, r);
     }
   };
 
@@ -373,8 +374,10 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
           const scalar_t* y_bh = yi + bh * n_in * e;
           const scalar_t* z_bh = zi + bh * n_in * d;
           std::fill(acc.begin(), acc.end(), scalar_t(0));
-          for_each_event(bh, row % n_out, [&](int32_t b, int64_t) {
-            axpy(dot(x_a, y_bh + b * e, e), z_bh + b * d, acc.data(), d);
+          for_each_bucket(bh, row % n_out, [&](const int32_t* index, int64_t count, int64_t) {
+            for (int64_t s = 0; s < count; ++s) {
+              axpy(dot(x_a, y_bh + index[s] * e, e), z_bh + index[s] * d, acc.data(), d);
+            }
           });
           const scalar_t scale =
               static_cast<scalar_t>(tau_of[bh / heads]) / 2 / static_cast<scalar_t>(rounds);
@@ -419,14 +422,11 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
             const uint32_t per_a = mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^
                                          static_cast<uint32_t>(a));
             events.clear();
-            for (int64_t r = 0; r < rounds; ++r) {
-              const SortedRound& round = sorted[r * bh_count + bh];
-              const auto [lo, hi] = round.bucket(co[(r * bh_count + bh) * n_out + a]);
+            for_each_bucket(bh, a, [&](const int32_t* index, int64_t count, int64_t r) {
               const size_t at = events.size();
-              events.resize(at + (hi - lo));
-              event_keys(round.index.data() + lo, hi - lo, per_a, static_cast<uint32_t>(r),
-                         events.data() + at);
-            }
+              events.resize(at + count);
+              event_keys(index, count, per_a, static_cast<uint32_t>(r), events.data() + at);
+            });
             touched.resize(events.size());
             int64_t fresh = 0;
             for (const uint64_t key : events) {
@@ -444,11 +444,15 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
             }
           } else {
             int64_t fresh = 0;
-            for_each_event(bh, a, [&](int32_t b, int64_t) {
-              if (fresh == static_cast<int64_t>(touched.size())) touched.resize(2 * fresh + 64);
-              touched[fresh] = b;
-              fresh += seen[b] != row;
-              seen[b] = row;
+            for_each_bucket(bh, a, [&](const int32_t* index, int64_t count, int64_t) {
+              if (static_cast<int64_t>(touched.size()) < fresh + count) {
+                touched.resize(fresh + count);
+              }
+              for (int64_t s = 0; s < count; ++s) {
+                touched[fresh] = index[s];
+                fresh += seen[index[s]] != row;
+                seen[index[s]] = row;
+              }
             });
             kept.insert(kept.end(), touched.begin(), touched.begin() + fresh);
           }
