@@ -1,23 +1,16 @@
-"""H-Transformer-1D (attention_zoo/h_transformer.py), by value against computations written out
-here."""
+"""H-Transformer-1D (attention_zoo/h_transformer.py), by value: against exact softmax
+(conftest.exact) where one block covers the sequence, against itself alone for batch
+independence, and the options' messages."""
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
+from conftest import exact
 
 from attention_zoo import build_attention
 from attention_zoo.h_transformer import HTransformer1dOptions
 from attention_zoo.masking import suffix_mask
 from attention_zoo.registry import AttentionError
-
-
-def dense(q, k, v, mask):
-    """Exact softmax attention over real keys, in float64; padded query rows zero."""
-    logits = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
-    logits = logits.masked_fill(~mask[:, None, None, :], -math.inf)
-    return torch.softmax(logits, dim=-1) @ v.double() * mask[:, None, :, None]
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])
@@ -34,7 +27,8 @@ def test_one_block_is_exact_softmax_even_at_logits_far_from_zero(sign):
     mask = suffix_mask([6, 4], 6)
     out = attn(q, k, v, mask)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), dense(q, k, v, mask), rtol=1e-4, atol=1e-5)
+    expected = exact(q.double(), k.double(), v.double(), mask)  # padded rows zero
+    torch.testing.assert_close(out.double(), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_each_query_row_has_its_own_reference():
