@@ -123,9 +123,10 @@ def dense(case: Case, estimator: str, slots: int = 0, seed: int = 0):
             mean_s.transpose(-1, -2) @ case.g)
 
 
-# Lengths 1..600 (non-powers of 2), head_dim 16..128, tau 1..12, rounds 1..16.
+# Lengths 1..600 (non-powers of 2), head_dim 16..128, tau 1..12, rounds 1..16; head_dim 20 is
+# not a multiple of 8, so fp32 also runs the C++ dots' generic path (the others the AVX2 one).
 SHAPES = [(1, 16, 1, 1), (7, 16, 3, 2), (64, 32, 6, 16), (129, 64, 12, 4), (300, 128, 9, 8),
-          (600, 48, 12, 3)]
+          (600, 48, 12, 3), (45, 20, 5, 3)]
 
 
 # (estimator, slots): v2 with every colliding pair, v2 cut to few slots, v1.
