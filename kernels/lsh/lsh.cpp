@@ -75,42 +75,47 @@ inline void axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-// out[p] = a[rows[p]] . b[keys[p]] (rows of `width`) for `count` pairs, four at a time: four
-// independent sums in flight instead of one dependent chain per dot (the gathered rows come from
-// L2, and a lone chain waited on each).
+// The two dots of the pairs (a, b = keys[p]) of one output row a: sim[p] = s_a . z_b (width d,
+// the similarity the weight is taken at) and coef[p] = x_a . y_b (width e). Four keys at a time:
+// independent sums in flight instead of one dependent chain per dot (the gathered key rows come
+// from L2, and a lone chain waited on each).
 template <typename T>
-void pair_dots_of(const T* a, const T* b, const int32_t* rows, const int32_t* keys, int64_t count,
-                  int64_t width, T* out) {
+void row_dots_any(const T* s_a, const T* x_a, const T* z, const T* y, const int32_t* keys,
+                  int64_t count, int64_t d, int64_t e, T* sim, T* coef) {
   int64_t p = 0;
   for (; p + 4 <= count; p += 4) {
-    const T *a0 = a + rows[p] * width, *a1 = a + rows[p + 1] * width,
-            *a2 = a + rows[p + 2] * width, *a3 = a + rows[p + 3] * width;
-    const T *b0 = b + keys[p] * width, *b1 = b + keys[p + 1] * width,
-            *b2 = b + keys[p + 2] * width, *b3 = b + keys[p + 3] * width;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const T *z0 = z + keys[p] * d, *z1 = z + keys[p + 1] * d, *z2 = z + keys[p + 2] * d,
+            *z3 = z + keys[p + 3] * d;
+    const T *y0 = y + keys[p] * e, *y1 = y + keys[p + 1] * e, *y2 = y + keys[p + 2] * e,
+            *y3 = y + keys[p + 3] * e;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0, c0 = 0, c1 = 0, c2 = 0, c3 = 0;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t t = 0; t < width; ++t) {
-      s0 += a0[t] * b0[t];
-      s1 += a1[t] * b1[t];
-      s2 += a2[t] * b2[t];
-      s3 += a3[t] * b3[t];
+    for (int64_t t = 0; t < d; ++t) {
+      s0 += s_a[t] * z0[t];
+      s1 += s_a[t] * z1[t];
+      s2 += s_a[t] * z2[t];
+      s3 += s_a[t] * z3[t];
     }
-    out[p] = s0;
-    out[p + 1] = s1;
-    out[p + 2] = s2;
-    out[p + 3] = s3;
+#pragma omp simd reduction(+ : c0, c1, c2, c3)
+    for (int64_t t = 0; t < e; ++t) {
+      c0 += x_a[t] * y0[t];
+      c1 += x_a[t] * y1[t];
+      c2 += x_a[t] * y2[t];
+      c3 += x_a[t] * y3[t];
+    }
+    sim[p] = s0, sim[p + 1] = s1, sim[p + 2] = s2, sim[p + 3] = s3;
+    coef[p] = c0, coef[p + 1] = c1, coef[p + 2] = c2, coef[p + 3] = c3;
   }
-  for (; p < count; ++p) out[p] = dot(a + rows[p] * width, b + keys[p] * width, width);
+  for (; p < count; ++p) {
+    sim[p] = dot(s_a, z + keys[p] * d, d);
+    coef[p] = dot(x_a, y + keys[p] * e, e);
+  }
 }
 
-// The two dots of each pair p = (row a = rows[p], key b = keys[p]) of the v2 backward:
-// sim[p] = s_a . z_b (width d, the similarity the weight is taken at) and coef[p] = x_a . y_b
-// (width e).
 template <typename T>
-void pair_dots(const T* s, const T* z, const T* x, const T* y, const int32_t* rows,
-               const int32_t* keys, int64_t count, int64_t d, int64_t e, T* sim, T* coef) {
-  pair_dots_of(s, z, rows, keys, count, d, sim);
-  pair_dots_of(x, y, rows, keys, count, e, coef);
+void row_dots(const T* s_a, const T* x_a, const T* z, const T* y, const int32_t* keys,
+              int64_t count, int64_t d, int64_t e, T* sim, T* coef) {
+  row_dots_any(s_a, x_a, z, y, keys, count, d, e, sim, coef);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -122,88 +127,58 @@ inline __m128 sum_lanes4(__m256 s0, __m256 s1, __m256 s2, __m256 s3) {
   return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-// fp32 with d == e, a multiple of 8: both dots of four pairs in one pass (eight independent
-// sums). Four pairs of one row (the usual case: a tile's pairs come grouped by row) load the
-// row's chunks once for the four keys.
+// fp32 with d == e, a multiple of 8: both dots of four keys in one pass (eight independent
+// sums), the row's chunks loaded once for the four keys.
 template <>
-void pair_dots<float>(const float* s, const float* z, const float* x, const float* y,
-                      const int32_t* rows, const int32_t* keys, int64_t count, int64_t d,
-                      int64_t e, float* sim, float* coef) {
-  if (d != e || d % 8 != 0) {
-    pair_dots_of(s, z, rows, keys, count, d, sim);
-    pair_dots_of(x, y, rows, keys, count, e, coef);
-    return;
-  }
+void row_dots<float>(const float* s_a, const float* x_a, const float* z, const float* y,
+                     const int32_t* keys, int64_t count, int64_t d, int64_t e, float* sim,
+                     float* coef) {
+  if (d != e || d % 8 != 0) return row_dots_any(s_a, x_a, z, y, keys, count, d, e, sim, coef);
   int64_t p = 0;
   for (; p + 4 <= count; p += 4) {
-    const float* zk[4];
-    const float* yk[4];
-    const float* sr[4];
-    const float* xr[4];
-    for (int i = 0; i < 4; ++i) {
-      zk[i] = z + keys[p + i] * d;
-      yk[i] = y + keys[p + i] * d;
-      sr[i] = s + rows[p + i] * d;
-      xr[i] = x + rows[p + i] * d;
-    }
+    const float *z0 = z + keys[p] * d, *z1 = z + keys[p + 1] * d, *z2 = z + keys[p + 2] * d,
+                *z3 = z + keys[p + 3] * d;
+    const float *y0 = y + keys[p] * d, *y1 = y + keys[p + 1] * d, *y2 = y + keys[p + 2] * d,
+                *y3 = y + keys[p + 3] * d;
     __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
     __m256 c0 = s0, c1 = s0, c2 = s0, c3 = s0;
-    if (rows[p] == rows[p + 3]) {  // rows are grouped, so rows[p + 1] and rows[p + 2] too
-      for (int64_t t = 0; t < d; t += 8) {
-        const __m256 sa = _mm256_loadu_ps(sr[0] + t), xa = _mm256_loadu_ps(xr[0] + t);
-        s0 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(zk[0] + t), s0);
-        s1 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(zk[1] + t), s1);
-        s2 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(zk[2] + t), s2);
-        s3 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(zk[3] + t), s3);
-        c0 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(yk[0] + t), c0);
-        c1 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(yk[1] + t), c1);
-        c2 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(yk[2] + t), c2);
-        c3 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(yk[3] + t), c3);
-      }
-    } else {
-      for (int64_t t = 0; t < d; t += 8) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(sr[0] + t), _mm256_loadu_ps(zk[0] + t), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(sr[1] + t), _mm256_loadu_ps(zk[1] + t), s1);
-        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(sr[2] + t), _mm256_loadu_ps(zk[2] + t), s2);
-        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(sr[3] + t), _mm256_loadu_ps(zk[3] + t), s3);
-        c0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr[0] + t), _mm256_loadu_ps(yk[0] + t), c0);
-        c1 = _mm256_fmadd_ps(_mm256_loadu_ps(xr[1] + t), _mm256_loadu_ps(yk[1] + t), c1);
-        c2 = _mm256_fmadd_ps(_mm256_loadu_ps(xr[2] + t), _mm256_loadu_ps(yk[2] + t), c2);
-        c3 = _mm256_fmadd_ps(_mm256_loadu_ps(xr[3] + t), _mm256_loadu_ps(yk[3] + t), c3);
-      }
+    for (int64_t t = 0; t < d; t += 8) {
+      const __m256 sa = _mm256_loadu_ps(s_a + t), xa = _mm256_loadu_ps(x_a + t);
+      s0 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(z0 + t), s0);
+      s1 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(z1 + t), s1);
+      s2 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(z2 + t), s2);
+      s3 = _mm256_fmadd_ps(sa, _mm256_loadu_ps(z3 + t), s3);
+      c0 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(y0 + t), c0);
+      c1 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(y1 + t), c1);
+      c2 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(y2 + t), c2);
+      c3 = _mm256_fmadd_ps(xa, _mm256_loadu_ps(y3 + t), c3);
     }
     _mm_storeu_ps(sim + p, sum_lanes4(s0, s1, s2, s3));
     _mm_storeu_ps(coef + p, sum_lanes4(c0, c1, c2, c3));
   }
   for (; p < count; ++p) {
-    sim[p] = dot(s + rows[p] * d, z + keys[p] * d, d);
-    coef[p] = dot(x + rows[p] * d, y + keys[p] * d, d);
+    sim[p] = dot(s_a, z + keys[p] * d, d);
+    coef[p] = dot(x_a, y + keys[p] * d, d);
   }
 }
 #endif
 
-// acc[rows[p]] += coef[p] z[keys[p]] for `count` pairs that come grouped by row: four pairs of a
-// row per pass, so its sum is loaded and stored once per four keys, not once per key.
+// out += sum_p coef[p] z[keys[p]] over the pairs of one output row: four keys per pass, so the
+// row's sum is loaded and stored once per four keys, not once per key.
 template <typename T>
-void accumulate_pairs(T* acc, const T* z, const int32_t* rows, const int32_t* keys,
-                      const T* coef, int64_t count, int64_t width) {
+void accumulate_row(T* out, const T* z, const int32_t* keys, const T* coef, int64_t count,
+                    int64_t width) {
   int64_t p = 0;
-  while (p < count) {
-    const int32_t row = rows[p];
-    int64_t end = p + 1;
-    while (end < count && rows[end] == row) ++end;
-    T* out = acc + row * width;
-    for (; p + 4 <= end; p += 4) {
-      const T c0 = coef[p], c1 = coef[p + 1], c2 = coef[p + 2], c3 = coef[p + 3];
-      const T *z0 = z + keys[p] * width, *z1 = z + keys[p + 1] * width,
-              *z2 = z + keys[p + 2] * width, *z3 = z + keys[p + 3] * width;
+  for (; p + 4 <= count; p += 4) {
+    const T c0 = coef[p], c1 = coef[p + 1], c2 = coef[p + 2], c3 = coef[p + 3];
+    const T *z0 = z + keys[p] * width, *z1 = z + keys[p + 1] * width,
+            *z2 = z + keys[p + 2] * width, *z3 = z + keys[p + 3] * width;
 #pragma omp simd
-      for (int64_t t = 0; t < width; ++t) {
-        out[t] += (c0 * z0[t] + c1 * z1[t]) + (c2 * z2[t] + c3 * z3[t]);
-      }
+    for (int64_t t = 0; t < width; ++t) {
+      out[t] += (c0 * z0[t] + c1 * z1[t]) + (c2 * z2[t] + c3 * z3[t]);
     }
-    for (; p < end; ++p) axpy(coef[p], z + keys[p] * width, out, width);
   }
+  for (; p < count; ++p) axpy(coef[p], z + keys[p] * width, out, width);
 }
 
 // arccos: std::acos in fp64 (the oracle's precision); in fp32 the polynomial of Abramowitz and
@@ -389,9 +364,11 @@ constexpr uint64_t kNoKey = ~uint64_t{0};
 // one survivor per slot b mod `slots` when 0 < slots < n_in (see reference.slot_survivors).
 // The input side of every (batch, head) and round is sorted once; output rows are then
 // independent. v1 is split over (batch * heads * rows). v2 over (batch * heads, block of
-// kRowBlock rows): the block's kept pairs are found row by row, then ordered by key tile, so
-// the gathered rows y_b, z_b of one tile (about kTileBytes) stay in L2 while every row of the
-// block uses them; gathering them from the whole head (2 MB at n = 4,096, d = 64) missed L2.
+// kRowBlock rows). Row a keeps at most one key per slot (slot b mod `slots` when capped, slot b
+// otherwise), so reading its slots in order gives its kept keys grouped by slot range; a tile
+// is the slot range whose keys' y and z rows take about kTileBytes, and the block is computed
+// tile by tile, so those gathered rows stay in L2 while every row of the block uses them
+// (gathering them from the whole head, 2 MB at n = 4,096, d = 64, missed L2).
 constexpr int64_t kRowBlock = 128;
 constexpr int64_t kTileBytes = 192 * 1024;
 
@@ -470,37 +447,32 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
       return;
     }
     const int64_t blocks = (n_out + kRowBlock - 1) / kRowBlock;  // per (batch, head)
-    // keys per tile: the largest power of two (at least 32) whose y and z rows fit kTileBytes,
-    // so that a key's tile is a shift (an integer division per pair cost as much as the dots)
-    int tile_shift = 5;
-    while ((int64_t{2} << tile_shift) * (d + e) * static_cast<int64_t>(sizeof(scalar_t)) <=
-           kTileBytes) {
-      ++tile_shift;
-    }
-    const int64_t tiles = ((n_in - 1) >> tile_shift) + 1;
+    const int64_t slot_count = capped ? slots : n_in;
+    const int64_t keys_per_slot = (n_in + slot_count - 1) / slot_count;
+    const int64_t tile_slots = std::max<int64_t>(
+        1, kTileBytes / (keys_per_slot * (d + e) * static_cast<int64_t>(sizeof(scalar_t))));
+    const int64_t tiles = (slot_count + tile_slots - 1) / tile_slots;
     at::parallel_for(0, bh_count * blocks, 1, [&](int64_t begin, int64_t end) {
-      // uncapped: seen[b] == row once b joined U_a. capped: per slot the smallest (event key, b)
-      // of row a's events, the key of event (b, r) being the mix of (seed, head, a, b, r); the
-      // slot's survivor is that b (reference.slot_survivors). A row's updates are branch-free
-      // (min, and a count bumped by a comparison): which slot an event finds free is a coin
-      // toss, and as branches the mispredictions cost more than all the other work of the walk.
-      std::vector<int64_t> seen(capped ? 0 : n_in, -1);
-      std::vector<uint64_t> slot_best(capped ? slots : 0, kNoKey);  // kNoKey between rows
+      // slot_best[s]: the smallest draw key among row a's events in slot s (kNoKey: none; freed
+      // after each row). Capped, event (b, r)'s key is mix(seed, head, a, b, r) << 31 | b, so
+      // the slot's survivor is the b of its smallest key (reference.slot_survivors); uncapped,
+      // slot b holds key b. The updates are branch-free (a min per event, a kept key counted by
+      // a comparison): which slot an event finds free is a coin toss, and as branches the
+      // mispredictions cost more than all the other work of the walk.
+      std::vector<uint64_t> slot_best(slot_count, kNoKey);
       std::vector<uint64_t> events;  // capped: one row's event keys
-      std::vector<int32_t> touched;  // a row's new slots (capped) or new keys (uncapped)
-      std::vector<int32_t> kept, kept_row;  // the block's kept pairs (b, a - a0), row by row
-      std::vector<int32_t> pair_b, pair_row;  // the same pairs by key tile
-      std::vector<int64_t> tile_start(tiles + 1), cursor(tiles);  // tile t's pairs, its fill
+      std::vector<int32_t> kept;     // the block's kept keys, row by row, each row in slot order
+      // row i = a - a0 keeps kept[span[i * (tiles + 1) + t], span[i * (tiles + 1) + t + 1]) in tile t
+      std::vector<int64_t> span(kRowBlock * (tiles + 1));
       std::vector<scalar_t> sim, coef, acc;  // per pair of a tile: sim_a . z_b, then its weight
       for (int64_t task = begin; task < end; ++task) {
         const int64_t bh = task / blocks, a0 = (task % blocks) * kRowBlock;
-        const int64_t a1 = std::min(n_out, a0 + kRowBlock);
+        const int64_t rows = std::min(n_out, a0 + kRowBlock) - a0;
         const int64_t tau_int = tau_of[bh / heads];
         const scalar_t tau = static_cast<scalar_t>(tau_int);
-        kept.clear();
-        kept_row.clear();
-        for (int64_t a = a0; a < a1; ++a) {
-          const int64_t row = bh * n_out + a;
+        int64_t used = 0;  // kept[0, used): the block's rows so far
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t a = a0 + i;
           if (capped) {
             const uint32_t per_a = mix32(mix32(seed32 ^ static_cast<uint32_t>(bh % heads)) ^
                                          static_cast<uint32_t>(a));
@@ -510,65 +482,58 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
               events.resize(at + count);
               event_keys(index, count, per_a, static_cast<uint32_t>(r), events.data() + at);
             });
-            touched.resize(events.size());
-            int64_t fresh = 0;
             for (const uint64_t key : events) {
               const int64_t b = static_cast<int64_t>(key & 0x7fffffffu);
-              const int64_t slot = pow2_slots ? (b & (slots - 1)) : (b % slots);
-              const uint64_t best = slot_best[slot];
-              touched[fresh] = static_cast<int32_t>(slot);
-              fresh += best == kNoKey;
-              slot_best[slot] = std::min(best, key);
-            }
-            for (int64_t t = 0; t < fresh; ++t) {  // each touched slot's survivor, then free it
-              const int32_t slot = touched[t];
-              kept.push_back(static_cast<int32_t>(slot_best[slot] & 0x7fffffffu));
-              slot_best[slot] = kNoKey;
+              uint64_t& best = slot_best[pow2_slots ? (b & (slots - 1)) : (b % slots)];
+              best = std::min(best, key);
             }
           } else {
-            int64_t fresh = 0;
             for_each_bucket(bh, a, [&](const int32_t* index, int64_t count, int64_t) {
-              if (static_cast<int64_t>(touched.size()) < fresh + count) {
-                touched.resize(fresh + count);
-              }
-              for (int64_t s = 0; s < count; ++s) {
-                touched[fresh] = index[s];
-                fresh += seen[index[s]] != row;
-                seen[index[s]] = row;
-              }
+              for (int64_t s = 0; s < count; ++s) slot_best[index[s]] = index[s];
             });
-            kept.insert(kept.end(), touched.begin(), touched.begin() + fresh);
           }
-          kept_row.resize(kept.size(), static_cast<int32_t>(a - a0));
+          // The row's kept keys, slot by slot (so tile by tile); each slot freed for the next row.
+          if (static_cast<int64_t>(kept.size()) < used + slot_count) {
+            kept.resize(std::max<int64_t>(2 * kept.size(), used + slot_count));
+          }
+          int64_t* row_span = span.data() + i * (tiles + 1);
+          for (int64_t t = 0; t < tiles; ++t) {
+            row_span[t] = used;
+            for (int64_t s = t * tile_slots; s < std::min(slot_count, (t + 1) * tile_slots); ++s) {
+              kept[used] = static_cast<int32_t>(slot_best[s] & 0x7fffffffu);
+              used += slot_best[s] != kNoKey;
+              slot_best[s] = kNoKey;
+            }
+          }
+          row_span[tiles] = used;
         }
-        // Counting sort by key tile (stable: each tile keeps the block's row order).
-        std::fill(tile_start.begin(), tile_start.end(), 0);
-        for (const int32_t b : kept) ++tile_start[(b >> tile_shift) + 1];
-        for (int64_t t = 0; t < tiles; ++t) tile_start[t + 1] += tile_start[t];
-        pair_b.resize(kept.size());
-        pair_row.resize(kept.size());
-        std::copy(tile_start.begin(), tile_start.end() - 1, cursor.begin());
-        for (size_t p = 0; p < kept.size(); ++p) {
-          const int64_t slot = cursor[kept[p] >> tile_shift]++;
-          pair_b[slot] = kept[p];
-          pair_row[slot] = kept_row[p];
-        }
+        const scalar_t* s_block = so + (bh * n_out + a0) * d;
         const scalar_t* x_block = xo + (bh * n_out + a0) * e;
-        const scalar_t* sim_block = so + (bh * n_out + a0) * d;
         const scalar_t* y_bh = yi + bh * n_in * e;
         const scalar_t* z_bh = zi + bh * n_in * d;
-        acc.assign((a1 - a0) * d, scalar_t(0));
+        // fn(i, keys, count, p): the `count` kept keys of row i in tile t, its pairs p.. of the tile
+        auto for_each_row = [&](int64_t t, auto&& fn) {
+          for (int64_t i = 0, p = 0; i < rows; ++i) {
+            const int64_t lo = span[i * (tiles + 1) + t], count = span[i * (tiles + 1) + t + 1] - lo;
+            fn(i, kept.data() + lo, count, p);
+            p += count;
+          }
+        };
+        acc.assign(rows * d, scalar_t(0));
         for (int64_t t = 0; t < tiles; ++t) {
-          // Dots first, then the weights in one vectorisable pass, then the sums.
-          const int64_t lo = tile_start[t], count = tile_start[t + 1] - lo;
-          sim.resize(count);
-          coef.resize(count);
-          const int32_t* rows = pair_row.data() + lo;
-          const int32_t* keys = pair_b.data() + lo;
-          pair_dots(sim_block, z_bh, x_block, y_bh, rows, keys, count, d, e, sim.data(),
-                    coef.data());
-          scale_by_v2_weights(coef.data(), sim.data(), count, tau, tau_int);
-          accumulate_pairs(acc.data(), z_bh, rows, keys, coef.data(), count, d);
+          // The dots row by row, then the weights in one vectorisable pass, then the sums.
+          int64_t pairs = 0;
+          for_each_row(t, [&](int64_t, const int32_t*, int64_t count, int64_t) { pairs += count; });
+          sim.resize(pairs);
+          coef.resize(pairs);
+          for_each_row(t, [&](int64_t i, const int32_t* keys, int64_t count, int64_t p) {
+            row_dots(s_block + i * d, x_block + i * e, z_bh, y_bh, keys, count, d, e,
+                     sim.data() + p, coef.data() + p);
+          });
+          scale_by_v2_weights(coef.data(), sim.data(), pairs, tau, tau_int);
+          for_each_row(t, [&](int64_t i, const int32_t* keys, int64_t count, int64_t p) {
+            accumulate_row(acc.data() + i * d, z_bh, keys, coef.data() + p, count, d);
+          });
         }
         std::copy(acc.begin(), acc.end(), res + (bh * n_out + a0) * d);
       }
