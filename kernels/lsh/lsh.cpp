@@ -35,27 +35,53 @@ namespace {
 constexpr double kV2Scale = 0.99;       // the published kernel's similarity scale
 constexpr double kV2InvSqrtClip = 10.0;  // ... and its clip on 1 / sqrt(1 - x^2)
 
-// Input rows of one (batch, head) and round, sorted by code: codes[s] is the code of row index[s].
+// Input rows of one (batch, head) and round, sorted by code, ties by row: codes[s] is the code
+// of row index[s]. Codes of at most 2 n + kTableSlack (SimHash codes of tau bits when 2^tau is
+// about n or less, as YOSO's per-example tau keeps them) are ordered by a counting sort, which
+// leaves each code's first position in `start`, so a bucket is two loads; larger codes by
+// std::sort, a bucket then being a binary search.
+constexpr int64_t kTableSlack = 1024;
+
 struct SortedRound {
   std::vector<int64_t> codes;
   std::vector<int32_t> index;
+  std::vector<int32_t> start;  // table: code c at positions [start[c], start[c + 1]); else empty
 
   void build(const int64_t* row_codes, int64_t n) {
-    std::vector<uint64_t> packed(n);  // code in the high half: one sort orders (code, row)
-    for (int64_t j = 0; j < n; ++j) {
-      packed[j] = (static_cast<uint64_t>(row_codes[j]) << 32) | static_cast<uint64_t>(j);
-    }
-    std::sort(packed.begin(), packed.end());
     codes.resize(n);
     index.resize(n);
-    for (int64_t s = 0; s < n; ++s) {
-      codes[s] = static_cast<int64_t>(packed[s] >> 32);
-      index[s] = static_cast<int32_t>(packed[s] & 0xffffffffu);
+    const int64_t top = n == 0 ? 0 : *std::max_element(row_codes, row_codes + n);
+    if (top > 2 * n + kTableSlack) {
+      start.clear();
+      std::vector<uint64_t> packed(n);  // code in the high half: one sort orders (code, row)
+      for (int64_t j = 0; j < n; ++j) {
+        packed[j] = (static_cast<uint64_t>(row_codes[j]) << 32) | static_cast<uint64_t>(j);
+      }
+      std::sort(packed.begin(), packed.end());
+      for (int64_t s = 0; s < n; ++s) {
+        codes[s] = static_cast<int64_t>(packed[s] >> 32);
+        index[s] = static_cast<int32_t>(packed[s] & 0xffffffffu);
+      }
+      return;
     }
+    start.assign(top + 2, 0);
+    for (int64_t j = 0; j < n; ++j) ++start[row_codes[j] + 1];
+    for (int64_t c = 0; c <= top; ++c) start[c + 1] += start[c];
+    for (int64_t j = 0; j < n; ++j) {  // rows in order, so ties stay by row
+      const int32_t s = start[row_codes[j]]++;
+      codes[s] = row_codes[j];
+      index[s] = static_cast<int32_t>(j);
+    }
+    for (int64_t c = top; c > 0; --c) start[c] = start[c - 1];  // the fill moved each start up
+    start[0] = 0;
   }
 
   // [lo, hi): the sorted positions whose code is `code`.
   std::pair<int64_t, int64_t> bucket(int64_t code) const {
+    if (!start.empty()) {
+      if (code + 1 >= static_cast<int64_t>(start.size())) return {0, 0};
+      return {start[code], start[code + 1]};
+    }
     auto range = std::equal_range(codes.begin(), codes.end(), code);
     return {range.first - codes.begin(), range.second - codes.begin()};
   }
@@ -303,30 +329,27 @@ at::Tensor cumulation(const at::Tensor& codes_out_, const at::Tensor& codes_in_,
     scalar_t* res = out.data_ptr<scalar_t>();
     at::parallel_for(0, bh_count, 1, [&](int64_t begin, int64_t end) {
       SortedRound sorted;
-      std::vector<int64_t> seg_code;  // the distinct codes of the round, ascending
-      std::vector<scalar_t> seg_sum;  // (segments, e): sum of the values in each bucket
+      std::vector<int32_t> segment;   // segment[s]: the bucket number of sorted position s
+      std::vector<scalar_t> seg_sum;  // (buckets, e): sum of the values in each bucket
       std::vector<scalar_t> acc(n_out * e);
       for (int64_t bh = begin; bh < end; ++bh) {
         const scalar_t* v_bh = val + bh * n_in * e;
         std::fill(acc.begin(), acc.end(), scalar_t(0));
         for (int64_t r = 0; r < rounds; ++r) {
           sorted.build(ci + (r * bh_count + bh) * n_in, n_in);
-          seg_code.clear();
+          segment.resize(n_in);
           seg_sum.clear();
           for (int64_t s = 0; s < n_in; ++s) {
-            if (seg_code.empty() || seg_code.back() != sorted.codes[s]) {
-              seg_code.push_back(sorted.codes[s]);
+            if (s == 0 || sorted.codes[s] != sorted.codes[s - 1]) {
               seg_sum.resize(seg_sum.size() + e, scalar_t(0));
             }
+            segment[s] = static_cast<int32_t>(seg_sum.size() / e - 1);
             axpy(scalar_t(1), v_bh + sorted.index[s] * e, seg_sum.data() + seg_sum.size() - e, e);
           }
           const int64_t* co_r = co + (r * bh_count + bh) * n_out;
           for (int64_t i = 0; i < n_out; ++i) {
-            auto it = std::lower_bound(seg_code.begin(), seg_code.end(), co_r[i]);
-            if (it != seg_code.end() && *it == co_r[i]) {
-              axpy(scalar_t(1), seg_sum.data() + (it - seg_code.begin()) * e, acc.data() + i * e,
-                   e);
-            }
+            const auto [lo, hi] = sorted.bucket(co_r[i]);
+            if (lo < hi) axpy(scalar_t(1), seg_sum.data() + segment[lo] * e, acc.data() + i * e, e);
           }
         }
         scalar_t* res_bh = res + bh * n_out * e;
