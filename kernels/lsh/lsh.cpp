@@ -382,6 +382,19 @@ void event_keys(const int32_t* index, int64_t count, uint32_t per_a, uint32_t r,
 // A free slot's key: above every draw key (those are below 2^63).
 constexpr uint64_t kNoKey = ~uint64_t{0};
 
+// Writes the key b of every occupied slot of slot_best[0, count) to out, in slot order, frees the
+// slots, and returns how many it wrote: branch-free (a slot is occupied about half the time).
+inline int64_t take_slots(uint64_t* slot_best, int64_t count, int32_t* out) {
+  int64_t taken = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    const uint64_t key = slot_best[s];
+    out[taken] = static_cast<int32_t>(key & 0x7fffffffu);
+    taken += key != kNoKey;
+    slot_best[s] = kNoKey;
+  }
+  return taken;
+}
+
 // v1: (tau / 2) mean_r sum_b S^r_ab (x_a . y_b) z_b;
 // v2: sum_{b in U_a} w(sim_a . z_b) (x_a . y_b) z_b, U_a = {b : S^r_ab = 1 for some r}, cut to
 // one survivor per slot b mod `slots` when 0 < slots < n_in (see reference.slot_survivors).
@@ -522,11 +535,8 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
           int64_t* row_span = span.data() + i * (tiles + 1);
           for (int64_t t = 0; t < tiles; ++t) {
             row_span[t] = used;
-            for (int64_t s = t * tile_slots; s < std::min(slot_count, (t + 1) * tile_slots); ++s) {
-              kept[used] = static_cast<int32_t>(slot_best[s] & 0x7fffffffu);
-              used += slot_best[s] != kNoKey;
-              slot_best[s] = kNoKey;
-            }
+            const int64_t s0 = t * tile_slots, s1 = std::min(slot_count, s0 + tile_slots);
+            used += take_slots(slot_best.data() + s0, s1 - s0, kept.data() + used);
           }
           row_span[tiles] = used;
         }
