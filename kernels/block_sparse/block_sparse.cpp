@@ -13,7 +13,10 @@
 // Threads: the forward runs OpenMP over (slice, row block); the backward over slices, so that
 // the dK and dV of a slice have one writer. Tiles are fixed at compile time for b = 32 (the
 // block size every MRA setting uses) and d in {32, 64}; other sizes take the same code with
-// runtime bounds.
+// runtime bounds. With AVX2 and FMA (-march=native), fp32 blocks and head_dims that are
+// multiples of 16 run every b x b x d product through one register-blocked micro-kernel
+// (gemm_rows16) and the softmax rows through an 8-lane exp; fp64 and other sizes keep the
+// portable loops, which the tests run too.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -26,7 +29,13 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LRA_BLOCK_SPARSE_AVX2 1
+#endif
 
 namespace {
 
@@ -53,12 +62,191 @@ inline float fast_exp(float x) {
 }
 inline double fast_exp(double x) { return std::exp(x); }
 
+// x[j] += bias[j] for j < n; returns the largest of m and the x[j] (NaN never wins).
+template <typename T>
+inline T add_and_max(T* x, const T* bias, T m, int64_t n) {
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] += bias[j];
+    m = x[j] > m ? x[j] : m;
+  }
+  return m;
+}
+
+// x[j] = exp(x[j] - shift) for j < n; returns their sum (the forward's row of probabilities).
+template <typename T>
+inline T exp_and_sum(T* x, T shift, int64_t n) {
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    x[j] = fast_exp(x[j] - shift);
+    sum += x[j];
+  }
+  return sum;
+}
+
+// p[j] = exp(p[j] + bias[j] - shift), then g[j] = p[j] (g[j] - delta): a backward row's
+// probabilities and dS.
+template <typename T>
+inline void softmax_grad_row(T* p, T* g, const T* bias, T shift, T delta, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    p[j] = fast_exp(p[j] + bias[j] - shift);
+    g[j] = p[j] * (g[j] - delta);
+  }
+}
+
+#ifdef LRA_BLOCK_SPARSE_AVX2
+// fast_exp on 8 lanes, the same steps (so the same values up to FMA contraction).
+inline __m256 fast_exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.0f);
+  const __m256 below = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);  // false for NaN, which propagates
+  __m256 xc = _mm256_blendv_ps(x, lo, below);
+  xc = _mm256_blendv_ps(xc, hi, _mm256_cmp_ps(x, hi, _CMP_GT_OQ));
+  const __m256 magic = _mm256_set1_ps(12582912.0f);
+  const __m256 n = _mm256_sub_ps(_mm256_fmadd_ps(xc, _mm256_set1_ps(1.44269504088896341f), magic),
+                                 magic);
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), xc));
+  __m256 p = _mm256_set1_ps(1.3888889e-3f);
+  for (const float c : {8.3333333e-3f, 4.1666667e-2f, 1.6666667e-1f, 0.5f, 1.0f, 1.0f}) {
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  }
+  const __m256i bits = _mm256_slli_epi32(
+      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(below, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+// c[r][0, 16) = alpha * sum_t a[r * a_row + t * a_col] * m[t * m_row + (0, 16)] for r < R (added
+// to c with ACCUMULATE). The R x 16 block of c lives in 2R registers (R = 6: 12 accumulators, m's
+// two vectors and a broadcast fill 15 of the 16), and each row of m is loaded once per R rows.
+// The portable tiles below kept 8 x 32 accumulators, twice the register file, so every FMA
+// went through the stack.
+template <int R, bool ACCUMULATE>
+inline void gemm_rows16(const float* a, int64_t a_row, int64_t a_col, const float* m,
+                        int64_t m_row, int64_t k, float* c, int64_t c_row, float alpha) {
+  // Every loop over r and h is unrolled, so that the accumulators are registers: with a
+  // variable index GCC kept the array in memory and stored it on every step.
+  __m256 acc[R][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+  for (int64_t t = 0; t < k; ++t) {
+    const __m256 m0 = _mm256_loadu_ps(m + t * m_row), m1 = _mm256_loadu_ps(m + t * m_row + 8);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m256 ar = _mm256_broadcast_ss(a + r * a_row + t * a_col);
+      acc[r][0] = _mm256_fmadd_ps(ar, m0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(ar, m1, acc[r][1]);
+    }
+  }
+  const __m256 scale = _mm256_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      float* cr = c + r * c_row + 8 * h;
+      _mm256_storeu_ps(cr, ACCUMULATE ? _mm256_fmadd_ps(scale, acc[r][h], _mm256_loadu_ps(cr))
+                                      : _mm256_mul_ps(scale, acc[r][h]));
+    }
+  }
+}
+
+// c (rows x cols, cols a multiple of 16) (+)= alpha * a m: a (rows x k) read through the strides
+// (a_row, a_col), m (k x cols) row-major with row stride m_row.
+template <bool ACCUMULATE>
+inline void gemm_tile(const float* a, int64_t a_row, int64_t a_col, const float* m,
+                      int64_t m_row, int64_t k, int64_t rows, int64_t cols, float* c,
+                      int64_t c_row, float alpha) {
+  for (int64_t j = 0; j < cols; j += 16) {
+    int64_t i = 0;
+    for (; i + 6 <= rows; i += 6) {
+      gemm_rows16<6, ACCUMULATE>(a + i * a_row, a_row, a_col, m + j, m_row, k, c + i * c_row + j,
+                                 c_row, alpha);
+    }
+    for (; i + 2 <= rows; i += 2) {
+      gemm_rows16<2, ACCUMULATE>(a + i * a_row, a_row, a_col, m + j, m_row, k, c + i * c_row + j,
+                                 c_row, alpha);
+    }
+    for (; i < rows; ++i) {
+      gemm_rows16<1, ACCUMULATE>(a + i * a_row, a_row, a_col, m + j, m_row, k, c + i * c_row + j,
+                                 c_row, alpha);
+    }
+  }
+}
+
+// The lanes' largest value, as a float.
+inline float max_lanes(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+template <>
+inline float add_and_max<float>(float* x, const float* bias, float m, int64_t n) {
+  int64_t j = 0;
+  __m256 best = _mm256_set1_ps(m);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 xj = _mm256_add_ps(_mm256_loadu_ps(x + j), _mm256_loadu_ps(bias + j));
+    _mm256_storeu_ps(x + j, xj);
+    best = _mm256_max_ps(xj, best);  // max_ps returns its second operand when one is NaN
+  }
+  m = max_lanes(best);
+  for (; j < n; ++j) {
+    x[j] += bias[j];
+    m = x[j] > m ? x[j] : m;
+  }
+  return m;
+}
+
+// fp32 with n a multiple of 8: fast_exp8 (the compiler kept fast_exp scalar: its bit cast).
+template <>
+inline float exp_and_sum<float>(float* x, float shift, int64_t n) {
+  if (n % 8 != 0) {
+    float sum = 0;
+    for (int64_t j = 0; j < n; ++j) sum += (x[j] = fast_exp(x[j] - shift));
+    return sum;
+  }
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256 e = fast_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+    _mm256_storeu_ps(x + j, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  const __m128 half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+  const __m128 pair = _mm_add_ps(half, _mm_movehl_ps(half, half));
+  return _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)));
+}
+
+template <>
+inline void softmax_grad_row<float>(float* p, float* g, const float* bias, float shift,
+                                    float delta, int64_t n) {
+  int64_t j = 0;
+  const __m256 s = _mm256_set1_ps(shift), dl = _mm256_set1_ps(delta);
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = fast_exp8(
+        _mm256_sub_ps(_mm256_add_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(bias + j)), s));
+    _mm256_storeu_ps(p + j, e);
+    _mm256_storeu_ps(g + j, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(g + j), dl)));
+  }
+  for (; j < n; ++j) {
+    p[j] = fast_exp(p[j] + bias[j] - shift);
+    g[j] = p[j] * (g[j] - delta);
+  }
+}
+#endif
+
 // s[i][j] = scale * sum_t a[i][t] * bt[t][j]: a is (b, d) row-major, bt is (d, b) (a key or
 // value block transposed), s is (b, b). ROWS rows at a time keep ROWS x B accumulators in
 // registers, reading each row of bt once per ROWS rows.
 template <typename T, int B>
 inline void dot_tile(const T* a, const T* bt, T* s, int64_t b_rt, int64_t d, T scale) {
   const int64_t b = B > 0 ? B : b_rt;
+#ifdef LRA_BLOCK_SPARSE_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (b % 16 == 0) return gemm_tile<false>(a, d, 1, bt, b, d, b, b, s, b, scale);
+  }
+#endif
   int64_t i = 0;
   if constexpr (B > 0) {
     constexpr int ROWS = 8;
@@ -94,6 +282,14 @@ template <typename T, int B, int D, bool TRANSPOSE_W>
 inline void axpy_tile(const T* w, const T* m, T* out, int64_t b_rt, int64_t d_rt, T alpha) {
   const int64_t b = B > 0 ? B : b_rt;
   const int64_t d = D > 0 ? D : d_rt;
+#ifdef LRA_BLOCK_SPARSE_AVX2
+  if constexpr (std::is_same_v<T, float>) {  // row i of w is column i of w^T: strides swap
+    if (d % 16 == 0) {
+      return gemm_tile<true>(w, TRANSPOSE_W ? 1 : b, TRANSPOSE_W ? b : 1, m, d, b, b, d, out, d,
+                             alpha);
+    }
+  }
+#endif
   auto weight = [&](int64_t i, int64_t j) { return TRANSPOSE_W ? w[j * b + i] : w[i * b + j]; };
   int64_t i = 0;
   if constexpr (D > 0) {
@@ -183,24 +379,13 @@ void forward_impl(const Shapes& s, bool threads, const T* q, const T* kt, const 
         for (int64_t j = 0; j < b; ++j) bias[j] = real[c * b + j] ? T(0) : neg_inf;
         for (int64_t i = 0; i < b; ++i) {
           T* li = logits.data() + i * b;
-          T m = row_max[i];
-#pragma omp simd reduction(max : m)
-          for (int64_t j = 0; j < b; ++j) {
-            li[j] += bias[j];
-            m = li[j] > m ? li[j] : m;
-          }
+          const T m = add_and_max(li, bias.data(), row_max[i], b);
           if (m == neg_inf) {  // no real key yet: nothing to add
             for (int64_t j = 0; j < b; ++j) li[j] = 0;
             continue;
           }
           const T rescale = fast_exp(row_max[i] - m);
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < b; ++j) {
-            li[j] = fast_exp(li[j] - m);
-            sum += li[j];
-          }
-          row_sum[i] = row_sum[i] * rescale + sum;
+          row_sum[i] = row_sum[i] * rescale + exp_and_sum(li, m, b);
           row_max[i] = m;
           if (rescale != T(1))
             for (int64_t t = 0; t < d; ++t) acc[i * d + t] *= rescale;
@@ -250,11 +435,7 @@ void backward_impl(const Shapes& s, bool threads, const T* q, const T* k, const 
           T* gi = dprob.data() + i * b;
           // A row with no real key (lse -inf) has P = 0 and must not compute -inf - -inf.
           const T shift = lb[i] == neg_inf ? -neg_inf : lb[i];
-#pragma omp simd
-          for (int64_t j = 0; j < b; ++j) {
-            pi[j] = fast_exp(pi[j] + bias[j] - shift);
-            gi[j] = pi[j] * (gi[j] - db[i]);  // dS
-          }
+          softmax_grad_row(pi, gi, bias.data(), shift, db[i], b);  // P, then dS
         }
         // dV_c += P^T dO_r; dQ_r += scale dS K_c; dK_c += scale dS^T Q_r.
         axpy_tile<T, B, D, true>(prob.data(), gb, grad_v + base + c * b * d, b, d, T(1));
