@@ -1,6 +1,7 @@
 """The measured effect of each YOSO protocol option (the DEVIATIONS.md rows), and its time.
 
     python tools/measure_yoso.py [--seq 512] [--long 2048] [--timing 4096] [--repeats 3]
+                                 [--timing-only]
 
 Each figure compares the published default with the alternative on locality-structured inputs
 (attention_zoo.structured, 2 x 4 heads x 32 unless said), fp64, the same module seed:
@@ -15,7 +16,10 @@ Each figure compares the published default with the alternative on locality-stru
     weight (ours), max and median relative error over q.k in [-1, 1] at tau 10, 11, 12.
 --timing n: forward+backward of yoso (cpp, default and backward_slots=null) against softmax
 (SDPA) at the MRA paper's setting (batch 1, 12 heads x 64, fp32), alternating in one process,
-median of --repeats after a warm-up; the ratio is what to quote on a loaded machine.
+median of --repeats after a warm-up; the ratio is what to quote on a loaded machine. Then each
+C++ op of that forward+backward on the same inputs (the forward and dv cumulations, the v2 dq and
+dk cumulations at the published 1,024 slots), fastest of --repeats. --timing-only skips the
+effects.
 """
 
 from __future__ import annotations
@@ -176,19 +180,55 @@ def timing(seq: int, repeats: int) -> str:
                      f"{statistics.median(t) / base:.2f}x SDPA" for name, t in times.items())
 
 
+def kernel_ops(seq: int, repeats: int) -> str:
+    """ms of each lra_lsh op of yoso's forward+backward at the timing setting."""
+    from kernels.lsh import cpu  # noqa: PLC0415 (builds the extension)
+
+    cpu.load()
+    heads, d = 12, 64
+    attn = build_attention("yoso", num_heads=heads, head_dim=d, max_seq_len=seq, seed=0)
+    q, k, v = structured_qkv(1, heads, seq, d, seed=1)
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(2))
+    planes = attn.draw_planes(0)
+    qc, kc = simhash_codes(q, planes), simhash_codes(k, planes)
+    bits, ops = attn.example_bits(torch.ones(1, seq, dtype=torch.bool)), torch.ops.lra_lsh
+    calls = {
+        "forward cumulation": lambda: ops.cumulation(qc, kc, v),
+        "dv cumulation": lambda: ops.cumulation(kc, qc, g),
+        "dq, v2 (1,024 slots)": lambda: ops.weighted_cumulation(qc, q, g, kc, v, k, bits, "v2",
+                                                                1024, 7),
+        "dk, v2 (1,024 slots)": lambda: ops.weighted_cumulation(kc, k, v, qc, g, q, bits, "v2",
+                                                                1024, 7),
+    }
+    lines = []
+    for name, call in calls.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        lines.append(f"  {name}: {min(times) * 1e3:,.0f} ms")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq", type=int, default=512, help="length for the effects")
     parser.add_argument("--long", type=int, default=2048, help="length for backward_slots")
     parser.add_argument("--timing", type=int, default=0, help="time at this length (0: skip)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--timing-only", action="store_true", help="skip the effects")
     args = parser.parse_args()
-    for line in (backward_estimators(args.seq), workspace(args.long), hash_collisions(),
-                 hash_error(args.seq), eval_noise(args.seq), weight_tables()):
-        print(line, flush=True)
+    if not args.timing_only:
+        for line in (backward_estimators(args.seq), workspace(args.long), hash_collisions(),
+                     hash_error(args.seq), eval_noise(args.seq), weight_tables()):
+            print(line, flush=True)
     if args.timing:
         print(f"fwd+bwd at n={args.timing}, batch 1, 12 x 64, fp32:", flush=True)
         print(timing(args.timing, args.repeats), flush=True)
+        print(f"its C++ ops (one call each, fastest of {args.repeats}):", flush=True)
+        print(kernel_ops(args.timing, args.repeats), flush=True)
 
 
 if __name__ == "__main__":
