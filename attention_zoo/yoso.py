@@ -141,7 +141,7 @@ class YosoOptions:
     backward: Estimator = Estimator.v2  # "v2" published, "v1" the paper's (tau / 2) B
     # v2: at most this many keys per query (the published workspace); None: every colliding key
     backward_slots: int | None = V2_SLOTS
-    backend: Backend = Backend.auto  # kernels.lsh backend: auto, cpp or reference
+    backend: Backend = Backend.auto  # kernels.lsh backend: auto, cpp, triton (CUDA) or reference
 
     def __post_init__(self) -> None:
         require_ints("yoso", self, nullable=("tau_slack", "seed", "backward_slots"), num_hash=1,

@@ -41,7 +41,9 @@ Backward, g = d loss / d out:
     an unbiased estimate of sum_j (tau / 2) B_ij (g_i . v_j) k_j: dB/dx replaced by (tau / 2) B.
 
 Backends (kernels.backend): "cpp" (cpu.py, lsh.cpp: OpenMP over batch * heads and rows, keys
-sorted by code per round, colliding pairs walked, O(collisions + kept pairs * d)) then "reference"
+sorted by code per round, colliding pairs walked, O(collisions + kept pairs * d)), "triton" on
+CUDA (gpu.py: dense tiles of collision counts, flash-style, fp32 arithmetic; extra `triton`;
+checked on the CPU through Triton's interpreter, not yet run on a GPU), then "reference"
 (reference.py, any device).
 """
 
@@ -49,7 +51,7 @@ from __future__ import annotations
 
 import torch
 
-from ..backend import register, resolve
+from ..backend import BackendError, register, resolve
 from . import reference
 from .reference import V2_SLOTS, simhash_codes
 
@@ -64,7 +66,17 @@ def _load_cpp():
     return cpu.load()
 
 
+def _load_triton():
+    try:
+        from . import gpu  # noqa: PLC0415 (imports triton only when asked)
+    except ImportError as err:
+        raise BackendError(f"the lsh triton backend needs Triton ({err}); fix: pip install "
+                           "'lra-zoo[triton]' (a CUDA build of torch brings its own)") from err
+    return gpu
+
+
 register("lsh", "cpp", ("cpu",), _load_cpp)
+register("lsh", "triton", ("cuda",), _load_triton)
 register("lsh", "reference", ("cpu", "cuda"), lambda: reference)
 
 

@@ -4,7 +4,7 @@ Same functions as reference.py. `num_buckets` is accepted for the common signatu
 the C++ kernels sort rows by code instead of indexing a 2^tau table. Hashing is one matmul per
 round, already BLAS, so `simhash_codes` is the reference's. The differentiable op
 lra_lsh::lsh_cumulation gets a fake kernel (torch.compile traces it) and its backward through
-torch.library; the backward is reference.lsh_gradients run on the C++ ops.
+torch.library; the backward is reference.gradients (lsh_gradients) run on the C++ ops.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..build import load_library
-from .reference import lsh_gradients, simhash_codes
+from .reference import gradients, save_for_gradients, simhash_codes
 
 __all__ = ["cumulation", "load", "lsh_cumulation", "simhash_codes", "weighted_cumulation"]
 
@@ -41,17 +41,8 @@ def lsh_cumulation(q, k, v, q_codes, k_codes, bits, num_buckets, estimator="v2",
                                             seed)
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, q_codes, k_codes, bits, estimator, slots, seed = inputs
-    ctx.save_for_backward(q, k, v, q_codes, k_codes, bits)
-    ctx.estimator, ctx.slots, ctx.seed = estimator, slots, seed
-
-
 def _backward(ctx, grad):
-    grads = lsh_gradients(grad, *ctx.saved_tensors, 0, ctx.estimator, ctx.slots, ctx.seed,
-                          ctx.needs_input_grad[:3], cumulate=cumulation,
-                          weighted=weighted_cumulation)
-    return *grads, *[None] * 6
+    return gradients(ctx, grad, cumulate=cumulation, weighted=weighted_cumulation)
 
 
 def _register() -> None:
@@ -73,7 +64,7 @@ def _register() -> None:
         return v.new_empty(*v.shape[:2], q_codes.shape[-1], v.shape[-1])
 
     torch.library.register_autograd("lra_lsh::lsh_cumulation", _backward,
-                                    setup_context=_setup_context)
+                                    setup_context=save_for_gradients)
     _REGISTERED = True
 
 

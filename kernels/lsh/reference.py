@@ -196,6 +196,22 @@ def lsh_gradients(
     return grad_q, grad_k, grad_v
 
 
+def save_for_gradients(ctx, inputs, output) -> None:
+    """setup_context of a backend's lsh_cumulation op (torch.library.register_autograd), whose
+    inputs are (q, k, v, q_codes, k_codes, bits, estimator, slots, seed)."""
+    q, k, v, q_codes, k_codes, bits, estimator, slots, seed = inputs
+    ctx.save_for_backward(q, k, v, q_codes, k_codes, bits)
+    ctx.estimator, ctx.slots, ctx.seed = estimator, slots, seed
+
+
+def gradients(ctx, grad: torch.Tensor, *, cumulate, weighted) -> tuple:
+    """That op's backward: lsh_gradients on the backend's own cumulations (num_buckets 0: the
+    compiled backends keep no bucket table); no gradient for the codes and settings."""
+    grads = lsh_gradients(grad, *ctx.saved_tensors, 0, ctx.estimator, ctx.slots, ctx.seed,
+                          ctx.needs_input_grad[:3], cumulate=cumulate, weighted=weighted)
+    return *grads, *[None] * 6
+
+
 class LSHCumulation(torch.autograd.Function):
     """Forward cumulation(q_codes, k_codes, v); backward lsh_gradients."""
 
