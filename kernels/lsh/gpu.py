@@ -103,6 +103,19 @@ def _collisions(co, ci, rows, cols, row_ok, col_ok, rounds, bh, bh_count, n_out,
 
 
 @triton.jit
+def _wrap(co, ci, per_a, rows, row_ok, slot, w, slots, rounds, bh, bh_count, n_out, n_in,
+          KEYS: tl.constexpr):
+    """(cols, col_ok, count, least) of the inputs b = w * slots + slot: _collisions with the
+    event keys' per-pair part mix32(per_a ^ b)."""
+    cols = w * slots + slot
+    col_ok = (slot < slots) & (cols < n_in)
+    base = _mix32(per_a[:, None] ^ cols[None, :].to(tl.int64))
+    count, least = _collisions(co, ci, rows, cols, row_ok, col_ok, rounds, bh, bh_count, n_out,
+                               n_in, base, KEYS)
+    return cols, col_ok, count, least
+
+
+@triton.jit
 def _cumulation_kernel(co, ci, values, out, n_out, n_in, rounds, bh_count, e,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
     bh = tl.program_id(0)
@@ -149,18 +162,12 @@ def _weighted_kernel(co, so, xo, ci, yi, zi, bits, out, n_out, n_in, rounds, bh_
         best = tl.full((BLOCK_M, BLOCK_N), _NEVER, tl.int64)
         if CAPPED:  # each slot's smallest event key over its wraps
             for w in range(wraps):
-                cols = w * slots + slot
-                col_ok = (slot < slots) & (cols < n_in)
-                base = _mix32(per_a[:, None] ^ cols[None, :].to(tl.int64))
-                _, least = _collisions(co, ci, rows, cols, row_ok, col_ok, rounds, bh, bh_count,
-                                       n_out, n_in, base, True)
+                _, _, _, least = _wrap(co, ci, per_a, rows, row_ok, slot, w, slots, rounds, bh,
+                                       bh_count, n_out, n_in, True)
                 best = tl.minimum(best, least)
         for w in range(wraps):
-            cols = w * slots + slot
-            col_ok = (slot < slots) & (cols < n_in)
-            base = _mix32(per_a[:, None] ^ cols[None, :].to(tl.int64))
-            count, least = _collisions(co, ci, rows, cols, row_ok, col_ok, rounds, bh, bh_count,
-                                       n_out, n_in, base, CAPPED)
+            cols, col_ok, count, least = _wrap(co, ci, per_a, rows, row_ok, slot, w, slots,
+                                               rounds, bh, bh_count, n_out, n_in, CAPPED)
             z_b = tl.load(zi + (bh * n_in + cols[:, None]) * d + dd[None, :],
                           mask=col_ok[:, None] & (dd[None, :] < d), other=0.0).to(tl.float32)
             y_b = tl.load(yi + (bh * n_in + cols[:, None]) * e + ee[None, :],

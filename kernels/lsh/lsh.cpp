@@ -101,6 +101,21 @@ inline void axpy(T alpha, const T* x, T* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
+// out[i] = a . b_i for the four rows b_0..b_3 (independent sums in flight).
+template <typename T>
+inline void dot4(const T* a, const T* b0, const T* b1, const T* b2, const T* b3, int64_t width,
+                 T* out) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t t = 0; t < width; ++t) {
+    s0 += a[t] * b0[t];
+    s1 += a[t] * b1[t];
+    s2 += a[t] * b2[t];
+    s3 += a[t] * b3[t];
+  }
+  out[0] = s0, out[1] = s1, out[2] = s2, out[3] = s3;
+}
+
 // The two dots of the pairs (a, b = keys[p]) of one output row a: sim[p] = s_a . z_b (width d,
 // the similarity the weight is taken at) and coef[p] = x_a . y_b (width e). Four keys at a time:
 // independent sums in flight instead of one dependent chain per dot (the gathered key rows come
@@ -110,27 +125,9 @@ void row_dots_any(const T* s_a, const T* x_a, const T* z, const T* y, const int3
                   int64_t count, int64_t d, int64_t e, T* sim, T* coef) {
   int64_t p = 0;
   for (; p + 4 <= count; p += 4) {
-    const T *z0 = z + keys[p] * d, *z1 = z + keys[p + 1] * d, *z2 = z + keys[p + 2] * d,
-            *z3 = z + keys[p + 3] * d;
-    const T *y0 = y + keys[p] * e, *y1 = y + keys[p + 1] * e, *y2 = y + keys[p + 2] * e,
-            *y3 = y + keys[p + 3] * e;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0, c0 = 0, c1 = 0, c2 = 0, c3 = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-    for (int64_t t = 0; t < d; ++t) {
-      s0 += s_a[t] * z0[t];
-      s1 += s_a[t] * z1[t];
-      s2 += s_a[t] * z2[t];
-      s3 += s_a[t] * z3[t];
-    }
-#pragma omp simd reduction(+ : c0, c1, c2, c3)
-    for (int64_t t = 0; t < e; ++t) {
-      c0 += x_a[t] * y0[t];
-      c1 += x_a[t] * y1[t];
-      c2 += x_a[t] * y2[t];
-      c3 += x_a[t] * y3[t];
-    }
-    sim[p] = s0, sim[p + 1] = s1, sim[p + 2] = s2, sim[p + 3] = s3;
-    coef[p] = c0, coef[p + 1] = c1, coef[p + 2] = c2, coef[p + 3] = c3;
+    const int32_t* kp = keys + p;
+    dot4(s_a, z + kp[0] * d, z + kp[1] * d, z + kp[2] * d, z + kp[3] * d, d, sim + p);
+    dot4(x_a, y + kp[0] * e, y + kp[1] * e, y + kp[2] * e, y + kp[3] * e, e, coef + p);
   }
   for (; p < count; ++p) {
     sim[p] = dot(s_a, z + keys[p] * d, d);
