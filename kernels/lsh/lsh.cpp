@@ -495,7 +495,8 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
       std::vector<uint64_t> slot_best(slot_count, kNoKey);
       std::vector<uint64_t> events;  // capped: one row's event keys
       std::vector<int32_t> kept;     // the block's kept keys, row by row, each row in slot order
-      // row i = a - a0 keeps kept[span[i * (tiles + 1) + t], span[i * (tiles + 1) + t + 1]) in tile t
+      // row i = a - a0 keeps kept[span[i * (tiles + 1) + t], span[i * (tiles + 1) + t + 1])
+      // in tile t
       std::vector<int64_t> span(kRowBlock * (tiles + 1));
       std::vector<scalar_t> sim, coef, acc;  // per pair of a tile: sim_a . z_b, then its weight
       for (int64_t task = begin; task < end; ++task) {
@@ -541,10 +542,11 @@ at::Tensor weighted_cumulation(const at::Tensor& codes_out_, const at::Tensor& s
         const scalar_t* x_block = xo + (bh * n_out + a0) * e;
         const scalar_t* y_bh = yi + bh * n_in * e;
         const scalar_t* z_bh = zi + bh * n_in * d;
-        // fn(i, keys, count, p): the `count` kept keys of row i in tile t, its pairs p.. of the tile
+        // fn(i, keys, count, p): the `count` kept keys of row i in tile t, the tile's pairs p..
         auto for_each_row = [&](int64_t t, auto&& fn) {
           for (int64_t i = 0, p = 0; i < rows; ++i) {
-            const int64_t lo = span[i * (tiles + 1) + t], count = span[i * (tiles + 1) + t + 1] - lo;
+            const int64_t* row_span = span.data() + i * (tiles + 1);
+            const int64_t lo = row_span[t], count = row_span[t + 1] - lo;
             fn(i, kept.data() + lo, count, p);
             p += count;
           }
