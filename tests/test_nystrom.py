@@ -10,15 +10,16 @@ from attention_zoo.masking import suffix_mask
 from attention_zoo.nystrom import NystromConvOptions
 from attention_zoo.pinv import masked_pinv, newton_pinv
 from attention_zoo.registry import AttentionError
+from attention_zoo.soft import SoftOptions
 
 
 def test_segment_means_over_real_tokens_mark_empty_segments_invalid():
     """Example 0: 5 real tokens in 2 segments (ranks 0-2 -> segment 0: 0 * 2 // 5 = 0, 2 * 2 //
     5 = 0; ranks 3-4 -> 1). Example 1: 2 real tokens in 4 segments: ranks 0, 1 -> segments 0 * 4
     // 2 = 0 and 4 // 2 = 2, so segments 1 and 3 are empty (zero, invalid). Padding holds junk
-    that must not show."""
+    that must not show: NaN, which a mask applied by multiplying would let through."""
     x = torch.arange(1, 7, dtype=torch.float64).reshape(1, 1, 6, 1).repeat(2, 1, 1, 1)
-    x[1, 0, 2:] = 1e9
+    x[0, 0, 5:] = x[1, 0, 2:] = float("nan")
     mask = suffix_mask([5, 2], 6)
     means, valid = segment_means(x, mask, 2)
     torch.testing.assert_close(means[0, 0, :, 0], torch.tensor([2.0, 4.5], dtype=torch.float64))
@@ -68,11 +69,17 @@ def test_newton_pinv_starts_from_the_transpose_over_both_norms_for_any_batch_sha
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_newton_pinv_of_low_precision_input_is_computed_in_float32(dtype):
+    """Both inverses take low-precision landmark kernels to float32 first: the result is float32,
+    bit-equal to inverting the same values given in float32, and near torch's pseudo-inverse."""
     torch.manual_seed(1)
     a = (torch.rand(2, 4, 4) + 2 * torch.eye(4)).to(dtype)
-    out = newton_pinv(a, 12, "razavi")
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, torch.linalg.pinv(a.float()), rtol=1e-4, atol=1e-5)
+    for pinv in (lambda x: newton_pinv(x, 12, "razavi"),
+                 lambda x: masked_pinv(x[None], torch.ones(1, 4, dtype=torch.bool), 12,
+                                       "razavi")[0]):
+        out = pinv(a)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, pinv(a.float()), rtol=0, atol=0)
+        torch.testing.assert_close(out, torch.linalg.pinv(a.float()), rtol=1e-4, atol=1e-5)
 
 
 def test_masked_pinv_inverts_the_valid_block_with_the_update_asked():
@@ -94,8 +101,10 @@ def test_masked_pinv_inverts_the_valid_block_with_the_update_asked():
 
 
 def test_landmark_options_are_checked_with_the_options_class_named():
-    LandmarkOptions(num_landmarks=1, pinv_iterations=0)
-    for cls in (LandmarkOptions, NystromConvOptions):
+    """One landmark and zero pseudo-inverse steps are allowed; below that the error names the
+    options class of Nystrom, Nystrom+Conv or SOFT, the option and its bound."""
+    for cls in (LandmarkOptions, NystromConvOptions, SoftOptions):
+        cls(num_landmarks=1, pinv_iterations=0)
         for options, message in (({"num_landmarks": 0}, "num_landmarks must be an int >= 1, "
                                                         "got 0"),
                                  ({"pinv_iterations": -1}, "pinv_iterations must be an int "

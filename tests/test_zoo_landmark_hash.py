@@ -1,5 +1,6 @@
 """Landmark, hierarchical and hashing baselines: Nystrom, SOFT, YOSO, H-Transformer-1D, and their
-shared steps (pseudo-inverse, segment landmarks, conv branch, neighbour blocks), and option checks.
+shared steps (pseudo-inverse, conv branch, neighbour blocks), and option checks. Each module's
+file (test_nystrom.py, test_soft.py, test_h_transformer.py) holds its steps by value.
 `pytest -s` prints measured errors.
 """
 
@@ -16,9 +17,8 @@ from attention_zoo import AttentionError, build_attention
 from attention_zoo.blocks import neighbour_blocks
 from attention_zoo.conv_branch import ConvBranch
 from attention_zoo.draws import stable_seed
-from attention_zoo.landmarks import real_tokens_in_windows, segment_means
 from attention_zoo.masking import suffix_mask
-from attention_zoo.pinv import masked_pinv, newton_pinv
+from attention_zoo.pinv import newton_pinv
 from attention_zoo.soft import gaussian_kernel, soft_kernel_product
 from attention_zoo.structured import relative_error, structured_qkv
 from attention_zoo.yoso import gaussian_planes, hadamard_planes, padded_dim
@@ -66,24 +66,6 @@ def test_pinv_init_scale_is_per_example():
 # ---------------------------------------------------------------- conv branch
 
 
-def test_conv_branch_matches_hand_reference():
-    branch = ConvBranch(num_heads=2, kernel=3)
-    w = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
-    with torch.no_grad():
-        branch.conv.weight.copy_(w.view(2, 1, 3, 1))
-    v = torch.arange(1, 21, dtype=torch.float32).view(1, 2, 5, 2)
-    mask = suffix_mask([4], 5)  # the last token is padding and reads as 0
-    out = branch(v, mask)
-    vm = v * mask[:, None, :, None]
-    ref = torch.zeros_like(v)
-    for h in range(2):
-        for i in range(5):
-            for t in range(3):  # tap t reads position i + t - 1 (zero padding at the ends)
-                if 0 <= i + t - 1 < 5:
-                    ref[0, h, i] += w[h, t] * vm[0, h, i + t - 1]
-    torch.testing.assert_close(out, ref)
-
-
 def test_conv_branch_ignores_padded_values():
     branch = ConvBranch(num_heads=HEADS, kernel=33)
     gen = torch.Generator().manual_seed(2)
@@ -117,63 +99,6 @@ def test_bad_option_values_are_rejected(name, option, value):
     not later with a bare TypeError."""
     with pytest.raises(AttentionError, match=option):
         make(name, 64, **{option: value})
-
-
-def test_pinv_starts_from_the_transpose_over_both_norms():
-    """Zero steps return Z0 = A^T / (||A||_1 ||A||_inf) per matrix, for any leading dims (here a
-    3-d batch of non-symmetric matrices, whose column and row sums differ)."""
-    a = torch.tensor([[[1.0, -2.0], [3.0, 4.0]], [[0.5, 0.0], [1.0, 2.0]]], dtype=torch.float64)
-    # ||A||_1: max column sum of |A|; ||A||_inf: max row sum: (6, 7) and (2, 3).
-    expected = a.transpose(-1, -2) / torch.tensor([6.0 * 7.0, 2.0 * 3.0],
-                                                  dtype=torch.float64)[:, None, None]
-    torch.testing.assert_close(newton_pinv(a, 0, "razavi"), expected, rtol=1e-15, atol=0)
-
-
-def test_pinv_of_low_precision_input_runs_in_float32():
-    """bf16 landmark kernels are inverted in float32 (math_dtype): the result is float32 and equals
-    the float32 inversion of the same values."""
-    a = torch.softmax(torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
-    low = a.to(torch.bfloat16)
-    for pinv in (lambda x: newton_pinv(x, 6, "razavi"),
-                 lambda x: masked_pinv(x[None], torch.ones(1, 8, dtype=torch.bool), 6, "razavi")):
-        out = pinv(low)
-        assert out.dtype == torch.float32
-        torch.testing.assert_close(out, pinv(low.float()), rtol=0, atol=0)
-
-
-# ---------------------------------------------------------------- landmark segments and windows
-
-
-def test_segment_means_of_a_short_example_mark_empty_segments_invalid():
-    """L = 3 real tokens, m = 5 segments: ranks 0, 1, 2 go to segments 0, 1, 3 (rank * m // L), so
-    segments 2 and 4 are empty: invalid, with mean 0. Padding content (NaN) is never read."""
-    x = torch.tensor([1.0, 2.0, 4.0, float("nan")]).reshape(1, 1, 4, 1)
-    mask = torch.tensor([[True, True, True, False]])
-    means, valid = segment_means(x, mask, 5)
-    assert valid.tolist() == [[True, True, False, True, False]]
-    assert means.flatten().tolist() == [1.0, 2.0, 0.0, 4.0, 0.0]
-
-
-def test_conv_windows_end_at_the_last_real_token():
-    """L = 4 real tokens in windows of 2 over 8 positions: windows 0 and 1 hold real tokens; window
-    2 starts exactly at L and is invalid, as is 3; their slots repeat the last real token."""
-    x = torch.arange(8.0).reshape(1, 1, 8, 1)
-    mask = torch.tensor([[False, True, True, False, True, True, False, False]])
-    moved, valid = real_tokens_in_windows(x, mask, 2)
-    assert valid.tolist() == [[True, True, False, False]]
-    assert moved.flatten().tolist() == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0, 5.0]
-
-
-@pytest.mark.parametrize("name", ["nystrom", "soft"])
-def test_landmark_option_bounds(name):
-    """One landmark and zero pseudo-inverse steps are allowed; below that the error names the
-    options class, the option and its bound."""
-    make(name, 64, num_landmarks=1, pinv_iterations=0)
-    cls = "LandmarkOptions" if name == "nystrom" else "SoftOptions"
-    with pytest.raises(AttentionError, match=rf"^{cls}: num_landmarks must be an int >= 1, got 0"):
-        make(name, 64, num_landmarks=0)
-    with pytest.raises(AttentionError, match=rf"^{cls}: pinv_iterations must be an int >= 0"):
-        make(name, 64, pinv_iterations=-1)
 
 
 # ---------------------------------------------------------------- padding shapes nothing
@@ -333,16 +258,6 @@ def test_h_transformer_rescales_each_query_to_its_own_maximum():
     out = make("h_transformer_1d", 24, block_size=2)(q, k, v, mask)
     expected = h_transformer_by_hand(q, k, v, mask, 2)
     torch.testing.assert_close(out[:, :, 4:].double(), expected[:, :, 4:], rtol=1e-4, atol=1e-5)
-
-
-def test_h_transformer_option_messages():
-    make("h_transformer_1d", 64, block_size=2)
-    with pytest.raises(AttentionError, match=r"^h_transformer_1d: block_size must be an int >= 2, "
-                                             r"got 0$"):
-        make("h_transformer_1d", 64, block_size=0)
-    with pytest.raises(AttentionError, match=r"^h_transformer_1d: block_size must be even \(a "
-                                             r"coarse block is two finer blocks\), got 7$"):
-        make("h_transformer_1d", 64, block_size=7)
 
 
 # ---------------------------------------------------------------- SOFT
@@ -653,18 +568,3 @@ def test_yoso_option_bounds():
         make("yoso", 64, hash="simhash")
     with pytest.raises(AttentionError, match=r"^yoso: hash 'hadamard' takes tau bits .* width 16"):
         make("yoso", 64, tau=17)
-
-
-def test_conv_branch_is_added_to_the_attention():
-    """X_conv's output is X's output plus its conv branch of v, and conv_kernel 1 is allowed;
-    a bad kernel's error names the options class."""
-    attn = make("nystrom_conv", 64, conv_kernel=1)
-    q, k, v = structured_qkv(2, HEADS, 64, DIM, seed=6)
-    mask = suffix_mask([64, 30], 64)
-    base = type(attn).__mro__[2]  # NystromConvAttention -> WithConvBranch -> NystromAttention
-    assert base.__name__ == "NystromAttention"
-    torch.testing.assert_close(attn._attend(q, k, v, mask),
-                               base._attend(attn, q, k, v, mask) + attn.conv_branch(v, mask))
-    bad_kernel = r"^NystromConvOptions: conv_kernel must be an int >= 1, got 0$"
-    with pytest.raises(AttentionError, match=bad_kernel):
-        make("nystrom_conv", 64, conv_kernel=0)
