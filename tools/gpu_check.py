@@ -6,7 +6,12 @@
    forward and the gradients of q, k, v, fp32, random inputs with padding: block_sparse `flex`
    (MRA's exact blocks) and lsh `triton` (YOSO, v2 with and without the 1,024-slot cap, v1).
    Relative error, max |ours - reference| / max |reference|; the bar is 1e-5 (bf16: 1e-2).
-2. The paper setting on the GPU (`python -m lra.bench --device cuda --profile paper`) for
+2. The training loop on CUDA: the AMP differences of DEVIATIONS.md's "AMP on CUDA" row (fp16
+   with a GradScaler and bf16 against fp32, logits and gradients of the small model at init,
+   tools/protocol_effects.py's measure under CUDA autocast), then one `trainer=smoke` run on
+   mini ListOps per kernel-backed attention (mra2, yoso) under the default fp16 AMP, which must
+   finish with a finite loss.
+3. The paper setting on the GPU (`python -m lra.bench --device cuda --profile paper`) for
    softmax, softmax_naive and the kernel-backed attentions, every backend, with the roofline,
    written to --out.
 Prints one line per check and exits non-zero if a check fails; the bench's own README.md in
@@ -21,6 +26,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from protocol_effects import amp_differences  # tools/, this script's folder
 
 import kernels
 from kernels.block_sparse import csr_from_pairs
@@ -120,6 +126,15 @@ def main() -> int:
             ok = False
             print(f"FAIL {name}: {type(exc).__name__}: {exc}", flush=True)
         failed |= not ok
+    for name, (logits, grad) in amp_differences(device=DEVICE).items():
+        print(f"amp on cuda, {name}: relative difference from fp32 of logits {logits:.1e}, "
+              f"gradient {grad:.1e}", flush=True)
+    for attention in ("mra2", "yoso"):
+        train = [sys.executable, "-m", "lra.train", "task=listops", f"attention={attention}",
+                 "data=mini", "trainer=smoke", "trainer.device=cuda", "tag=gpu-check",
+                 f"runs_dir={args.out}/runs"]
+        print("train:", " ".join(train[1:]), flush=True)
+        failed |= subprocess.run(train, check=False).returncode != 0
     bench = [sys.executable, "-m", "lra.bench", "--device", DEVICE, "--profile", "paper",
              "--attentions", "softmax", "softmax_naive", "mra2", "mra2_s", "yoso", "yoso_conv",
              "--backends", "all", "--parts", "efficiency", "roofline", "--lengths",

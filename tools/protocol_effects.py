@@ -120,12 +120,14 @@ def original_cosine(step: int, warmup: int, cycle: int) -> float:
     return min(1.0, step / warmup) * max(0.0, 0.5 * (1 + np.cos(np.pi * (progress % 1.0))))
 
 
-def amp_differences(batch: int = 4, seq: int = 512) -> dict[str, tuple[float, float]]:
-    """(logits, gradient) relative differences against fp32, eval mode, one random batch."""
+def amp_differences(batch: int = 4, seq: int = 512, device: str = "cpu"
+                    ) -> dict[str, tuple[float, float]]:
+    """(logits, gradient) relative differences against fp32, eval mode, one random batch, under
+    the autocast of `device` (tools/gpu_check.py measures CUDA's)."""
     torch.manual_seed(0)
-    tokens = torch.randint(2, 17, (batch, seq))
-    mask = torch.arange(seq) < torch.randint(seq // 4, seq + 1, (batch, 1))
-    labels = torch.randint(0, 10, (batch,))
+    tokens = torch.randint(2, 17, (batch, seq)).to(device)
+    mask = (torch.arange(seq) < torch.randint(seq // 4, seq + 1, (batch, 1))).to(device)
+    labels = torch.randint(0, 10, (batch,)).to(device)
     state = None
     seen = {}
     for name, dtype, fp32_attention in (("fp32", None, True), ("fp16", torch.float16, True),
@@ -133,11 +135,11 @@ def amp_differences(batch: int = 4, seq: int = 512) -> dict[str, tuple[float, fl
                                         ("bf16", torch.bfloat16, True),
                                         ("bf16, attention bf16", torch.bfloat16, False)):
         model = Classifier(ModelConfig(attention_fp32=fp32_attention), AttentionSpec("softmax"),
-                           vocab_size=17, max_len=2048, num_classes=10).eval()
+                           vocab_size=17, max_len=2048, num_classes=10).to(device).eval()
         state = state or model.state_dict()
         model.load_state_dict(state)
-        scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
             logits = model(tokens, mask).float()
         scaler.scale(torch.nn.functional.cross_entropy(logits, labels)).backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters()]) / scaler.get_scale()
