@@ -48,6 +48,18 @@ def test_lra_original_preset_has_the_original_values(task):
     assert (tuple(cfg.trainer.betas), cfg.trainer.eps) == ((0.9, 0.98), 1e-9)  # Adam's
 
 
+@pytest.mark.parametrize("attention", ["softmax", "longformer"])
+def test_lra_original_image_has_the_original_attention_dropout(attention):
+    """0.2 on the attention probabilities for image (the JAX image config), 0.1 elsewhere, for
+    the attentions with a dropout option."""
+    for task, want in (("image", 0.2), ("listops", 0.1), ("pathfinder", 0.1)):
+        cfg = load_config(composed("protocol=lra_original", f"task={task}",
+                                   f"attention={attention}", "data=lra"))
+        assert cfg.attention.options["dropout"] == want, task
+    small = load_config(composed("task=image", f"attention={attention}", "data=lra"))
+    assert small.attention.options["dropout"] == 0.1
+
+
 def test_every_cell_with_an_attention_preset_validates_under_lra_original():
     """A cell that fails validation would stop `make lra-all PROTOCOL=lra_original` midway, as
     its CLS pooling once did with MRA's 2-D image grid. Cells of attentions without a per-task
