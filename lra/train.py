@@ -349,7 +349,7 @@ def train(cfg: Config) -> dict[str, Any]:
         state = run.start(cfg, device, resume=tc.resume)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        data = load_task_data(cfg.task.name, cfg.data, manifest)
+        data = load_task_data(cfg.task.name, cfg.data, manifest, cfg.task.max_len)
         learner = Learner(cfg, manifest, device, run.name)
         if state is not None:
             learner.load_state_dict(state)

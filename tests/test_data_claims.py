@@ -226,7 +226,8 @@ def test_the_digest_follows_every_split_checksum(tmp_path, name):
     ("pair", True, False, " says pair=True but task.pair=False; fix the task config or rebuild "
                           "the data"),
     ("max_len", 8, 4, " holds sequences of up to 8 tokens but task.max_len=4; raise "
-                      "task.max_len"),
+                      "task.max_len, or set data.truncate_to_max_len=true to cut every "
+                      "example to it"),
 ])
 def test_a_cache_that_disagrees_with_the_task_config_is_rejected(tmp_path, key, cache_value,
                                                                  expect_value, message):
@@ -243,6 +244,21 @@ def test_a_cache_as_long_as_or_shorter_than_task_max_len_is_accepted(tmp_path, m
     manifest = prepare_manifest("image", DataConfig(root=str(tmp_path)),
                                 expect={"num_classes": 2, "pair": False, "max_len": max_len})
     assert manifest["max_len"] == 8
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_truncate_to_max_len_reads_each_example_s_first_tokens(tmp_path, pair):
+    """Data prepared at 8 tokens read at task.max_len 4 (the original LRA's Text at 1,000 from
+    4,000): tokens cut to 4 positions, lengths 6 clipped to 4, both documents of a pair."""
+    write_cache(tmp_path, pair=pair)
+    cfg = DataConfig(root=str(tmp_path), truncate_to_max_len=True)
+    manifest = prepare_manifest("image", cfg, expect={"num_classes": 2, "pair": pair,
+                                                      "max_len": 4})
+    data = load_task_data("image", cfg, manifest, max_len=4)
+    tokens, mask, _ = next(iter(data.eval_loader("train", 2, Shard(2, Dist()), cfg)))
+    want = np.stack([TOKENS, TOKENS], 1) if pair else TOKENS
+    assert torch.equal(tokens, torch.from_numpy(want[..., :4].astype(np.int64)))
+    assert mask.all() and mask.shape == tokens.shape
 
 
 @pytest.mark.parametrize("name", ["train", "val", "test"])

@@ -48,6 +48,15 @@ def test_lra_original_preset_has_the_original_values(task):
     assert (tuple(cfg.trainer.betas), cfg.trainer.eps) == ((0.9, 0.98), 1e-9)  # Adam's
 
 
+def test_lra_original_text_reads_the_original_1000_bytes():
+    """The original config's max_length 1000, cut from the data prepared at 4,000; the MRA
+    protocol keeps 4,096 and refuses longer data."""
+    cfg = load_config(composed("+experiment=lra_original/text", "data=lra"))
+    assert (cfg.task.max_len, cfg.data.truncate_to_max_len) == (1000, True)
+    small = load_config(composed("task=text", "data=lra"))
+    assert (small.task.max_len, small.data.truncate_to_max_len) == (4096, False)
+
+
 @pytest.mark.parametrize("attention", ["softmax", "longformer"])
 def test_lra_original_image_has_the_original_attention_dropout(attention):
     """0.2 on the attention probabilities for image (the JAX image config), 0.1 elsewhere, for
