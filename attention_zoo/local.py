@@ -1,10 +1,11 @@
 """Local (sliding-window) attention and the small pieces the sparse and low-rank zoo modules share.
 
-Band layout. A query at position i sees the keys j with |i - j| <= half_window (a window of
-2 * half_window + 1 tokens). The sequence is cut into blocks of `block = half_window` tokens (or
-the whole sequence when it is shorter), and each query block is paired with its previous, own and
-next key blocks. Those 3 * block keys hold the whole band of every query in the block, so the band
-costs O(n * 3 * block) and never builds the n x n matrix:
+Band layout. A query at position i sees the keys j with -half_window <= j - i <= ahead (ahead
+= half_window by default: |i - j| <= half_window, a window of 2 * half_window + 1 tokens). The
+sequence is cut into blocks of `block = half_window` tokens (or the whole sequence when it is
+shorter), and each query block is paired with its previous, own and next key blocks. Those
+3 * block keys hold the whole band of every query in the block, so the band costs
+O(n * 3 * block) and never builds the n x n matrix:
 
     scores   (batch, heads, nb, block, 3 * block)   from Band.scores(a, b)
     allowed  (batch, 1,     nb, block, 3 * block)   in the band, inside the input, real key
@@ -24,20 +25,24 @@ PREV_OWN_NEXT = (-1, 0, 1)
 
 
 class Band:
-    """The band |i - j| <= half_window over one padded input; built once per forward.
+    """The band -half_window <= j - i <= ahead (default half_window) over one padded input;
+    built once per forward.
 
     mask: (batch, seq) bool, True = a key that may be attended. Inputs are padded internally to a
     multiple of `block`: pad q, k, v with `pad` and cut outputs back with `unpad`.
     """
 
-    def __init__(self, mask: torch.Tensor, half_window: int):
+    def __init__(self, mask: torch.Tensor, half_window: int, ahead: int | None = None):
+        ahead = half_window if ahead is None else ahead
+        assert ahead <= half_window, "the next key block must hold the band ahead"
         self.mask = mask
         self.seq = mask.shape[1]
         self.block = max(1, min(half_window, self.seq))
         offsets = torch.arange(3 * self.block, device=mask.device) - self.block
         rows = torch.arange(self.block, device=mask.device)
         # distance[i, j] = key position - query position, the same in every block.
-        in_band = (offsets[None, :] - rows[:, None]).abs() <= half_window  # (block, 3 * block)
+        distance = offsets[None, :] - rows[:, None]
+        in_band = (distance >= -half_window) & (distance <= ahead)  # (block, 3 * block)
         # The key mask as a one-feature tensor (batch, 1, seq, 1), padded and blocked like keys:
         # padding and neighbour blocks beyond the input come back as 0 = not a real key.
         key_real = self.key_blocks(self.pad(row_mask(mask).to(torch.uint8)))[..., 0].bool()

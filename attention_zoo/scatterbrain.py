@@ -4,7 +4,7 @@ A Performer estimate L covers every key; on a local window the estimate is repla
 softmax kernel through the sparse correction S = exp(logits) - L restricted to the window:
 
     numerator   = L v + S v,          L_ij = phi(q_i) . phi(k_j)  (FAVOR+, all keys)
-    denominator = L 1 + S 1,          S_ij = exp(q_i . k_j / sqrt(d)) - L_ij  (|i - j| <= w / 2)
+    denominator = L 1 + S 1,          S_ij = exp(q_i . k_j / sqrt(d)) - L_ij  (j in the window)
 
 so window keys count exactly and the others through the features. Both parts are scaled to one
 per-query reference before they are added (see `_attend`), so the normalisers combine
@@ -14,13 +14,15 @@ for the window.
 Protocol options, defaults as in the Scatterbrain code the MRA comparison ran: m = int(d ln d)
 features (110 at d = 32, performer-pytorch's default; `num_features`) on the hyperbolic (cosh)
 map, exp(+-w . x' - |x'|^2 / 2) on m / 2 orthogonal rows (`feature_map`). lra-zoo's former
-setting is `num_features: 256, feature_map: positive`. The window here is |i - j| <= w / 2
-(w + 1 keys); the published one is [i - w/2, i + w/2) (DEVIATIONS.md).
+setting is `num_features: 256, feature_map: positive`. The window is the published one, the w
+keys [i - w // 2, i - w // 2 + w) ([i - 32, i + 32) at w = 64); `window_shape: symmetric` takes
+|i - j| <= w // 2 (one key more at even w), as Longformer's (DEVIATIONS.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 import torch
@@ -28,13 +30,18 @@ import torch
 from .local import Band
 from .masking import neg_inf
 from .performer import FeatureMap, PerformerAttention, PerformerOptions, linear_attention
-from .registry import register_attention, require_ints
+from .registry import Choice, register_attention, require_choice, require_ints
+
+
+class WindowShape(Choice):
+    half_open = enum.auto()  # the w keys [i - w // 2, i - w // 2 + w), the published window
+    symmetric = enum.auto()  # |i - j| <= w // 2
 
 
 @dataclasses.dataclass
 class ScatterbrainOptions(PerformerOptions):
-    """window: w, exact on |i - j| <= w // 2 (64 in the MRA comparison, read like Longformer's;
-        the published code takes [i - w/2, i + w/2), one key fewer).
+    """window: w keys computed exactly (64 in the MRA comparison), placed by window_shape:
+        half_open (published) [i - w // 2, i - w // 2 + w), or symmetric |i - j| <= w // 2.
     The low-rank part takes Performer's options with the published Scatterbrain defaults:
     num_features None = int(head_dim * ln(head_dim)) (110 at head_dim 32) on the hyperbolic
     (cosh) map, 55 rows; `num_features: 256, feature_map: positive` is lra-zoo's former setting.
@@ -44,10 +51,12 @@ class ScatterbrainOptions(PerformerOptions):
     num_features: int | None = None
     feature_map: FeatureMap = FeatureMap.hyperbolic
     window: int = 64
+    window_shape: WindowShape = WindowShape.half_open
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require_ints("scatterbrain", self, window=0)
+        require_choice("scatterbrain", self, window_shape=WindowShape)
 
 
 @register_attention("scatterbrain", ScatterbrainOptions)
@@ -61,7 +70,10 @@ class ScatterbrainAttention(PerformerAttention):
     """
 
     def _attend(self, q, k, v, mask):
-        band = Band(mask, self.options.window // 2)
+        w = self.options.window
+        # keys from i - w // 2 up to i + ahead
+        ahead = w - w // 2 - 1 if self.options.window_shape == "half_open" else w // 2
+        band = Band(mask, w // 2, ahead)
         # phi_q . phi_k estimates exp(logit - q_offset - k_offset).
         phi_q, q_offset, phi_k, k_offset = self.features(q, k, mask)
         low_num, low_den = linear_attention(phi_q, phi_k, v)  # (.., seq, d), (.., seq, 1)

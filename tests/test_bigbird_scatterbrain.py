@@ -65,6 +65,12 @@ def test_scatterbrain_options_check_the_window_and_allow_zero():
     with pytest.raises(AttentionError) as error:
         ScatterbrainOptions(window=-1)
     assert str(error.value) == "scatterbrain: window must be an int >= 0, got -1"
+    assert ScatterbrainOptions().window_shape == "half_open"
+    with pytest.raises(AttentionError) as error:
+        ScatterbrainOptions(window_shape="left")
+    assert str(error.value) == ("scatterbrain: window_shape must be one of half_open, symmetric, "
+                                "got 'left'")
+
 
 
 def test_scatterbrain_scales_each_query_row_by_its_own_logits():

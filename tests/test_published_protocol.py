@@ -270,10 +270,11 @@ def test_linformer_one_projection_for_every_layer():
     assert sum(p.numel() for p in own.parameters()) - count == 2 * e[0].numel()
 
 
-def published_scatterbrain(q, k, v, mask, projection, window):
+def published_scatterbrain(q, k, v, mask, projection, window, symmetric=False):
     """Scatterbrain densely: L = phi(q) phi(k)^T with the hyperbolic map on `projection`
-    (r rows, 2r features), exact exp(logit) on the window |i - j| <= window // 2 (lra-zoo's
-    window; DEVIATIONS.md), padded keys excluded everywhere."""
+    (r rows, 2r features), exact exp(logit) on the published window, keys j in
+    [i - window // 2, i - window // 2 + window) ([i - 32, i + 32) at 64), or with `symmetric`
+    on |i - j| <= window // 2; padded keys excluded everywhere."""
     d = q.shape[-1]
 
     def phi(x):
@@ -285,9 +286,26 @@ def published_scatterbrain(q, k, v, mask, projection, window):
     low = phi(q) @ phi(k).transpose(-1, -2)
     exact = (q @ k.transpose(-1, -2) / math.sqrt(d)).exp()
     n = q.shape[2]
-    near = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs() <= window // 2
+    ahead = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # j - i
+    last = window // 2 if symmetric else window - window // 2 - 1
+    near = (ahead >= -(window // 2)) & (ahead <= last)
     weights = torch.where(near, exact, low) * mask[:, None, None, :]
     return weights @ v / weights.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("window", [0, 1, 5, 8])
+@pytest.mark.parametrize("shape", ["half_open", "symmetric"])
+def test_scatterbrain_window_is_the_dense_rule_of_its_shape(window, shape):
+    """Small and odd windows, float64: the module equals the dense rule on its own draw (w keys
+    from i - w // 2 when half-open; |i - j| <= w // 2 when symmetric)."""
+    q, k, v, mask = padded_inputs([40, 23], 40, structured=True)
+    attn = build_attention("scatterbrain", num_heads=HEADS, head_dim=32, max_seq_len=40, seed=0,
+                           window=window, window_shape=shape).double()
+    out = attn(q, k, v, mask)
+    reference = published_scatterbrain(q, k, v, mask, attn.features.projection, window,
+                                       shape == "symmetric")
+    real = mask[:, None, :, None].expand_as(out)
+    torch.testing.assert_close(out[real], reference[real], atol=1e-8, rtol=1e-8)
 
 
 def test_scatterbrain_defaults_are_the_published_features():
@@ -311,5 +329,12 @@ def test_scatterbrain_defaults_are_the_published_features():
                 reference = published_scatterbrain(q, k, v, mask, projection, 64)
                 real = mask[:, None, :, None].expand_as(out)
                 torch.testing.assert_close(out[real], reference[real], atol=1e-8, rtol=1e-8)
+                symmetric = build_attention("scatterbrain", num_heads=HEADS, head_dim=32,
+                                            max_seq_len=512, seed=seed,
+                                            window_shape="symmetric").double()(q, k, v, mask)
+                reference = published_scatterbrain(q, k, v, mask, projection, 64, True)
+                torch.testing.assert_close(symmetric[real], reference[real], atol=1e-8,
+                                           rtol=1e-8)
+                assert not torch.allclose(symmetric[real], out[real])
         errors[label] = sum(runs) / len(runs)
     assert errors["published"] < 0.5 and errors["positive 256"] < 0.5, errors
