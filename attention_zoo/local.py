@@ -34,7 +34,7 @@ class Band:
 
     def __init__(self, mask: torch.Tensor, half_window: int, ahead: int | None = None):
         ahead = half_window if ahead is None else ahead
-        assert ahead <= half_window, "the next key block must hold the band ahead"
+        assert ahead <= half_window  # the next key block must hold the band ahead
         self.mask = mask
         self.seq = mask.shape[1]
         self.block = max(1, min(half_window, self.seq))
