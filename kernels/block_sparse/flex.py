@@ -1,16 +1,17 @@
 """The GPU backend: torch's own `flex_attention` with a data-dependent BlockMask.
 
 Our CSR pairs become flex's per-(batch, head) key-block lists (`BlockMask.from_kv_blocks`), the
-key padding a `mask_mod`, and `return_lse=True` gives the log-sum-exp that MRA merges its low
-resolution through. torch compiles and differentiates it, so there is no kernel of ours to
-maintain. Its backward runs only on CUDA, hence the backend is registered for CUDA alone; its
-forward also runs (slowly, eagerly) on the CPU, which the tests use to hold it to the reference.
+key padding a `mask_mod`, and `return_aux=AuxRequest(lse=True)` gives the log-sum-exp that MRA
+merges its low resolution through. torch compiles and differentiates it, so there is no kernel
+of ours to maintain. Its backward runs only on CUDA, hence the backend is registered for CUDA
+alone; its forward also runs (slowly, eagerly) on the CPU, which the tests use to hold it to the
+reference.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, flex_attention
 
 from .reference import slot_rows
 
@@ -64,6 +65,7 @@ class _Backend:
 
         mask = BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=block_size,
                                         mask_mod=allowed, seq_lengths=(seq, seq))
-        out, lse = self.flex(q, k, v, block_mask=mask, scale=scale, return_lse=True)
+        out, aux = self.flex(q, k, v, block_mask=mask, scale=scale,
+                             return_aux=AuxRequest(lse=True))
         # A row with no real key: flex leaves out = 0 and lse = -inf, as the reference does.
-        return out, lse
+        return out, aux.lse
