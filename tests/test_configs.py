@@ -121,3 +121,19 @@ def test_budget_within_max_len_is_kept(caplog):
     cfg = load_config(composed("task=listops", "attention=mra2",
                                "attention.options.block_per_row=64"))
     assert cfg.attention.options["block_per_row"] == 64 and not caplog.records
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_protocol_effects_reads_the_protocol_that_training_runs(task):
+    """tools/protocol_effects.py reads the task files itself; the files name only what differs
+    from TaskConfig's defaults, so the tool must fill those in as composition does."""
+    import importlib.util
+
+    path = CONF.parent / "tools" / "protocol_effects.py"
+    spec = importlib.util.spec_from_file_location("protocol_effects", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    cfg = composed(f"task={task}")
+    read = tool.task_config(task)
+    assert (read.warmup_steps, read.max_steps, read.max_len) == (
+        cfg.trainer.warmup_steps, cfg.trainer.max_steps, cfg.task.max_len)

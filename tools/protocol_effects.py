@@ -43,11 +43,18 @@ sys.path.insert(0, str(ROOT))
 from data_prep import image  # noqa: E402
 from data_prep import pathfinder as pf  # noqa: E402
 from data_prep.cache import load_split, read_manifest  # noqa: E402
+from lra.config import TaskConfig  # noqa: E402
 from lra.model import AttentionSpec, Classifier, ModelConfig  # noqa: E402
 from lra.schedules import build as build_scheduler  # noqa: E402
 from lra.schedules import lr_factor  # noqa: E402
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
+
+
+def task_config(task: str):
+    """conf/task/<task>.yaml over TaskConfig's defaults (the files name only what differs)."""
+    return OmegaConf.merge(OmegaConf.structured(TaskConfig),
+                           OmegaConf.load(ROOT / "conf" / "task" / f"{task}.yaml"))
 # task: (dev size, num_eval_steps, test size, batch): the harness's config (old_code/LRA/models/*/
 # config.json) for steps and batch, the LRA splits for the sizes (Pathfinder: 200K at 80/10/10).
 HARNESS_EVAL = {"listops": (2000, 62, 2000, 32), "text": (25000, 781, 25000, 32),
@@ -179,7 +186,7 @@ def main() -> None:
     args = parser.parse_args()
     print("| Measure | Value |\n|---|---|")
     for task in TASKS:
-        t = OmegaConf.load(ROOT / "conf" / "task" / f"{task}.yaml")
+        t = task_config(task)
         one, lin = (schedule(s, t.warmup_steps, t.max_steps) for s in ("onecycle", "linear"))
         print(f"| {task} ({t.warmup_steps}/{t.max_steps} steps): mean lr onecycle / linear | "
               f"{one[:, 0].mean() / lin[:, 0].mean():.4f}; lr at step 0 {one[0, 0] / 1e-4:.3f} vs "
@@ -190,7 +197,7 @@ def main() -> None:
         manifest = read_manifest(folder, task="listops", data="mini")
         train = load_split(folder, "train", manifest, data="mini")
         lengths = np.asarray(train.lengths)
-        max_len = OmegaConf.load(ROOT / "conf" / "task" / "listops.yaml").max_len
+        max_len = task_config("listops").max_len
         print(f"| pooled scale mean_over_max_len / mean, ListOps of {args.data_root} | "
               f"{np.mean(lengths / max_len):.4f} (mean length {lengths.mean():.0f}, "
               f"task.max_len {max_len}) |")
