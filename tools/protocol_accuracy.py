@@ -1,4 +1,4 @@
-"""The accuracy effect of DEVIATIONS.md's training-loop options, on runs that learn:
+r"""The accuracy effect of DEVIATIONS.md's training-loop options, on runs that learn:
 
     python tools/protocol_accuracy.py [--seeds 0,1,2] [--threads 1] [lra.train overrides]
     python tools/protocol_accuracy.py --seeds 0,1,2,3,4 --threads 1 \
