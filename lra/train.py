@@ -317,6 +317,7 @@ def summarize(cfg: Config, manifest: dict[str, Any], learner: Learner, evaluate:
         "params": sum(p.numel() for p in learner.model.parameters()), "steps": learner.step,
         "best_dev_accuracy": learner.best_dev, "test_accuracy": evaluate(learner.model, "test"),
         "majority_accuracy": evaluate.majority_accuracy(),
+        "test_examples": len(evaluate.data.splits["test"]),
         "peak_memory_mb": totals["peak_memory_mb"],
         "step_time_ms": (1000 * train_time / totals["timed_steps"] if totals["timed_steps"]
                          else None),

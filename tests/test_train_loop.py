@@ -658,6 +658,7 @@ def test_the_summary_holds_the_run_by_value(tiny_data_root, tmp_path, monkeypatc
         "mini": True, "params": sum(p.numel() for p in model.parameters()), "steps": 5,
         "best_dev_accuracy": max(dev), "test_accuracy": accuracy(model, data, "test", cfg),
         "majority_accuracy": float(np.mean(labels["test"] == majority)),
+        "test_examples": len(labels["test"]),
         "peak_memory_kind": "cpu_live_tensor_bytes: peak growth in one training step "
                             "(per process)",
         "kernel_backend": "-", "world_size": 1,
