@@ -49,8 +49,12 @@ def verdict(run: dict[str, Any]) -> str:
     if z >= 2:
         return head + f"{z:.1f} standard errors above the majority class ({majority:.3f}, " \
                       f"{n} test examples)"
-    return head + f"within 2 standard errors of the majority class ({majority:.3f}, z {z:+.1f} " \
-                  f"on {n} test examples): not yet learning; more steps or another seed"
+    if z > -2:
+        return head + f"within 2 standard errors of the majority class ({majority:.3f}, " \
+                      f"z {z:+.1f} on {n} test examples): not yet learning; more steps or " \
+                      "another seed"
+    return head + f"{-z:.1f} standard errors BELOW the majority class ({majority:.3f}, {n} test " \
+                  "examples): worse than always giving that answer"
 
 
 def main(argv: list[str]) -> int:

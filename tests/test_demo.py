@@ -41,13 +41,16 @@ def test_demo_trains_the_sweep_and_writes_its_tables(tiny_data_root, tmp_path, c
 
 def test_verdict_counts_binomial_standard_errors_of_the_majority_baseline():
     """At p = 0.148 on 256 examples one standard error is 2.2 points: the demo's 0.160 is at the
-    prior (z 0.5), 0.281 is learning (z 6.0); a summary without the count compares plainly."""
+    prior (z 0.5), 0.281 is learning (z 6.0), 0.050 is below it (z -4.4); a summary without the
+    count compares plainly."""
     run = {"attention": "mra2", "majority_accuracy": 0.148, "test_examples": 256}
     stuck = demo.verdict({**run, "test_accuracy": 0.160})
     assert "within 2 standard errors of the majority class (0.148, z +0.5 on 256" in stuck
     assert demo.verdict({**run, "test_accuracy": 0.281}).startswith(
         "mra2: test accuracy 0.281, 6.0 standard errors above the majority class")
     assert "z -0.3" in demo.verdict({**run, "test_accuracy": 0.141})
+    assert "4.4 standard errors BELOW the majority class" in demo.verdict(
+        {**run, "test_accuracy": 0.050})
     old = {k: v for k, v in run.items() if k != "test_examples"}
     assert demo.verdict({**old, "test_accuracy": 0.160}).endswith(
         "above the majority class (0.148)")
