@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .grid import ROOT, sweep
-from .results import aggregate, find_summaries
+from .results import aggregate
 
 TITLE = "lra-zoo demo: mini ListOps"
 
@@ -62,10 +62,9 @@ def main(argv: list[str]) -> int:
     code = sweep(["+experiment=demo", f"runs_dir={args.runs_dir}", *overrides])
     if code != 0:
         return code
-    aggregate(args.runs_dir / "mini" / "demo", args.out, title=TITLE)
+    runs = aggregate(args.runs_dir / "mini" / "demo", args.out, title=TITLE)
     print((args.out / "results.md").read_text())
-    for run in sorted(find_summaries(args.runs_dir / "mini" / "demo"),
-                      key=lambda r: (r["attention"], r["seed"])):
+    for run in runs:
         print(verdict(run))
     print(f"written to {args.out}: results.csv, runs.csv, results.md, accuracy_vs_memory.png, "
           "accuracy_vs_speed.png, accuracy_per_task.png")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -62,9 +63,8 @@ def tag(variant: str) -> str:
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:
-    m = sum(xs) / len(xs)
-    s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else float("nan")
-    return m, s
+    """Mean and sample standard deviation (nan for one value)."""
+    return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan
 
 
 def table(runs: dict[str, dict[int, dict]], overrides: dict[str, list[str]]) -> str:

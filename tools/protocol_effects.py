@@ -49,17 +49,17 @@ from lra.schedules import build as build_scheduler  # noqa: E402
 from lra.schedules import lr_factor  # noqa: E402
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder")
+# task: (dev size, num_eval_steps, test size, batch): the harness's config (old_code/LRA/models/*/
+# config.json) for steps and batch, the LRA splits for the sizes (Pathfinder: 200K at 80/10/10).
+HARNESS_EVAL = {"listops": (2000, 62, 2000, 32), "text": (25000, 781, 25000, 32),
+                "retrieval": (18090, 565, 17437, 32), "image": (5000, 20, 10000, 256),
+                "pathfinder": (20000, 312, 20000, 256)}
 
 
 def task_config(task: str):
     """conf/task/<task>.yaml over TaskConfig's defaults (the files name only what differs)."""
     return OmegaConf.merge(OmegaConf.structured(TaskConfig),
                            OmegaConf.load(ROOT / "conf" / "task" / f"{task}.yaml"))
-# task: (dev size, num_eval_steps, test size, batch): the harness's config (old_code/LRA/models/*/
-# config.json) for steps and batch, the LRA splits for the sizes (Pathfinder: 200K at 80/10/10).
-HARNESS_EVAL = {"listops": (2000, 62, 2000, 32), "text": (25000, 781, 25000, 32),
-                "retrieval": (18090, 565, 17437, 32), "image": (5000, 20, 10000, 256),
-                "pathfinder": (20000, 312, 20000, 256)}
 
 
 def schedule(name: str, warmup: int, total: int, lr: float = 1e-4) -> np.ndarray:
