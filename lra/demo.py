@@ -9,13 +9,12 @@ accuracy vs memory and vs speed plots, printed and written to results/demo/.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from .grid import ROOT, sweep
-from .results import aggregate
+from .results import PRIOR_Z, aggregate, z_vs_majority
 
 TITLE = "lra-zoo demo: mini ListOps"
 
@@ -36,23 +35,23 @@ def parser() -> argparse.ArgumentParser:
 
 def verdict(run: dict[str, Any]) -> str:
     """Whether a run's test accuracy is distinguishable from always predicting the majority
-    class: at least 2 binomial standard errors of that baseline above it, on the run's test
-    examples (a 500-step demo run either leaves the prior or stays at it; 0.16 against 0.148 on
-    256 examples is the latter, not a small gain)."""
+    class (lra.results.z_vs_majority: binomial standard errors of that baseline on the run's
+    test examples). A short demo run either leaves the prior or stays at it; 0.16 against 0.148
+    on 256 examples is the latter, not a small gain."""
     acc, majority = run["test_accuracy"], run["majority_accuracy"]
     head = f"{run['attention']}: test accuracy {acc:.3f}, "
-    n = run.get("test_examples")
-    if not n:  # a summary written before the count was recorded
+    z = z_vs_majority(run)
+    if z is None:  # a summary written before the count was recorded
         return head + f"{'above' if acc > majority else 'NOT above'} the majority class " \
                       f"({majority:.3f})"
-    z = (acc - majority) / math.sqrt(max(majority * (1 - majority), 1e-12) / n)
-    if z >= 2:
+    n = run["test_examples"]
+    if z >= PRIOR_Z:
         return head + f"{z:.1f} standard errors above the majority class ({majority:.3f}, " \
                       f"{n} test examples)"
-    if z > -2:
-        return head + f"within 2 standard errors of the majority class ({majority:.3f}, " \
-                      f"z {z:+.1f} on {n} test examples): not yet learning; more steps or " \
-                      "another seed"
+    if z > -PRIOR_Z:
+        return head + f"within {PRIOR_Z:g} standard errors of the majority class " \
+                      f"({majority:.3f}, z {z:+.1f} on {n} test examples): not yet learning; " \
+                      "more steps or another seed"
     return head + f"{-z:.1f} standard errors BELOW the majority class ({majority:.3f}, {n} test " \
                   "examples): worse than always giving that answer"
 

@@ -29,6 +29,31 @@ SUMMARY_KEYS = (
 )
 
 
+# A run has left the class prior when its test accuracy is at least this many binomial standard
+# errors of the majority-class baseline above that baseline. Below it the number looks like a
+# result and is the prior: ListOps runs sitting at about 17% and Pathfinder runs at 50% are what
+# users of the LRA harnesses most often report as results that do not reproduce.
+PRIOR_Z = 2.0
+
+
+def z_vs_majority(run: dict[str, Any]) -> float | None:
+    """(test accuracy - majority-class accuracy) over the majority baseline's binomial standard
+    error sqrt(p (1 - p) / test examples); None for a summary written before the test split's
+    size was recorded (`test_examples`)."""
+    n = run.get("test_examples")
+    if not n:
+        return None
+    p = run["majority_accuracy"]
+    return (run["test_accuracy"] - p) / math.sqrt(max(p * (1 - p), 1e-12) / n)
+
+
+def at_prior(run: dict[str, Any]) -> bool:
+    """Whether a run's test accuracy is indistinguishable from always giving the majority class
+    (z below PRIOR_Z); False where the test split's size is unknown."""
+    z = z_vs_majority(run)
+    return z is not None and z < PRIOR_Z
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n")
 
@@ -103,9 +128,12 @@ def _geomean(values: list[float]) -> float | None:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
 
 
-# results.csv: one row per (task, attention), over its seeds.
+# runs.csv: one row per run.
+RUN_COLUMNS = (*SUMMARY_KEYS, "test_examples", "z_vs_majority")
+# results.csv: one row per (task, attention), over its seeds; at_prior: how many of them stayed
+# at the class prior.
 TABLE_COLUMNS = (
-    "task", "attention", "data", "mini", "protocol", "seeds", "test_accuracy_mean",
+    "task", "attention", "data", "mini", "protocol", "seeds", "at_prior", "test_accuracy_mean",
     "test_accuracy_std", "best_dev_accuracy_mean", "majority_accuracy", "peak_memory_mb",
     "tokens_per_s", "step_time_ms", "params", "kernel_backend",
 )
@@ -130,6 +158,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "task": task, "attention": attention, "data": group[0]["data"],
             "mini": any(r["mini"] for r in group), "protocol": protocol, "seeds": len(group),
+            "at_prior": sum(map(at_prior, group)),
             "test_accuracy_mean": _mean(acc), "test_accuracy_std": _std(acc),
             "best_dev_accuracy_mean": _mean([r["best_dev_accuracy"] for r in group]),
             "majority_accuracy": group[0]["majority_accuracy"],
@@ -183,9 +212,14 @@ def _cell(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
+# Marks a cell of ours some of whose seeds stayed at the class prior (results.csv: at_prior).
+AT_PRIOR_MARK = "†"
+
+
 def accuracy_markdown(table: list[dict[str, Any]], tasks: list[str], mini: bool) -> str:
     """Test accuracy (%) per task and its average over the tasks shown, ours beside the
-    published rows of the same attentions (not for mini runs: stand-ins, not LRA)."""
+    published rows of the same attentions (not for mini runs: stand-ins, not LRA); a cell with
+    seeds at the class prior is marked, and a line under the table says how many."""
     header = ["attention", "source", *tasks, "avg", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     attentions = list(dict.fromkeys(r["attention"] for r in table))
@@ -200,12 +234,21 @@ def accuracy_markdown(table: list[dict[str, Any]], tasks: list[str], mini: bool)
             source = f"ours{' (mini data)' if mini else ''}, {protocol}"
             lines.append("| " + " | ".join([attention, source, *(
                 _cell(cells[t]["test_accuracy_mean"], cells[t]["test_accuracy_std"])
+                + (AT_PRIOR_MARK if cells[t]["at_prior"] else "")
                 if t in cells else "-" for t in tasks), avg, "/".join(map(str, seeds))]) + " |")
         for row in (p for p in published if p["attention"] == attention):
             values = [row.get(t) for t in tasks]
             avg = f"{_mean(values):.2f}" if None not in values else "-"
             lines.append("| " + " | ".join([attention, row["source"], *(
                 "-" if v is None else f"{v:.2f}" for v in values), avg, "-"]) + " |")
+    stuck = [r for r in table if r["at_prior"]]
+    if stuck:
+        lines += ["", f"{AT_PRIOR_MARK} seeds at the class prior (test accuracy less than "
+                  f"{PRIOR_Z:g} binomial standard errors above the majority class's; "
+                  "runs.csv: z_vs_majority): " + ", ".join(
+                      f"{r['attention']} on {r['task']} {r['at_prior']} of {r['seeds']}"
+                      for r in stuck) + ". Their mean is partly the prior's; more steps, "
+                  "another seed or a larger lr."]
     return "\n".join(lines) + "\n"
 
 
@@ -230,7 +273,9 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str, wandb: bool 
     table = table_rows(runs)
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "results.csv", to_csv(table, TABLE_COLUMNS))
-    atomic_write_text(out_dir / "runs.csv", to_csv(runs, SUMMARY_KEYS))
+    for run in runs:
+        run["z_vs_majority"] = z_vs_majority(run)
+    atomic_write_text(out_dir / "runs.csv", to_csv(runs, RUN_COLUMNS))
     costs = [{**r, "test_accuracy": _cell(r["test_accuracy_mean"], r["test_accuracy_std"])}
              for r in table]
     note = ("Mini data: every row ran on the offline mini suite (stand-ins for the LRA tasks), "
@@ -243,7 +288,7 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str, wandb: bool 
             "second (README, \"Where results go\"). One row per run: runs.csv.\n\n"
             + to_markdown(costs, ("task", "attention", "test_accuracy", "peak_memory_mb",
                                   "tokens_per_s", "step_time_ms", "params", "kernel_backend",
-                                  "seeds")))
+                                  "seeds", "at_prior")))
     atomic_write_text(out_dir / "results.md", text)
     if runs:
         overview = attention_rows(runs, tasks)

@@ -4,6 +4,7 @@ beside ours, mini runs kept apart, the plots, and the wandb summary run."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,34 @@ def test_mini_and_lra_runs_are_never_mixed(tmp_path):
     fake_runs(tmp_path / "runs" / "b", mini=False, seeds=(0,))
     with pytest.raises(UserError, match="both mini and LRA runs"):
         aggregate(tmp_path / "runs", tmp_path / "out", title="T")
+
+
+def test_runs_at_the_class_prior_are_counted_and_marked(tmp_path):
+    """z against the majority class is (acc - p) / sqrt(p (1 - p) / n): at p = 0.15 on n = 400
+    one standard error is 1.785 points, so 0.17 (z 1.12) is at the prior and 0.30 (z 8.4) is
+    not; a summary without the test split's size is never counted."""
+    fake_runs(tmp_path / "runs", mini=False)
+    stuck = tmp_path / "runs" / "listops-mra2-0" / "summary.json"
+    summary = json.loads(stuck.read_text())
+    write_json(stuck, summary | {"test_accuracy": 0.17, "test_examples": 400})
+    learnt = tmp_path / "runs" / "listops-mra2-1" / "summary.json"
+    write_json(learnt, json.loads(learnt.read_text()) | {"test_examples": 400})
+    aggregate(tmp_path / "runs", tmp_path / "out", title="T")
+    rows = {(r["task"], r["attention"]): r
+            for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert rows[("listops", "mra2")]["at_prior"] == "1"
+    assert {r["at_prior"] for k, r in rows.items() if k != ("listops", "mra2")} == {"0"}
+    runs = {(r["task"], r["attention"], r["seed"]): r
+            for r in csv.DictReader(open(tmp_path / "out" / "runs.csv"))}
+    se = (0.15 * 0.85 / 400) ** 0.5
+    assert float(runs[("listops", "mra2", "0")]["z_vs_majority"]) == pytest.approx(0.02 / se)
+    assert float(runs[("listops", "mra2", "1")]["z_vs_majority"]) == pytest.approx(0.16 / se)
+    assert runs[("listops", "mra2", "2")]["z_vs_majority"] == ""
+    md = (tmp_path / "out" / "results.md").read_text()
+    # mean (0.17 + 0.31 + 0.32) / 3, marked; the other cells unmarked; one line names the cell.
+    assert "| mra2 | ours, small_protocol | 26.67 ± 8.39† | 41.00 ± 1.00 |" in md
+    assert md.count("†") == 2
+    assert "† seeds at the class prior" in md and "mra2 on listops 1 of 3" in md
 
 
 def test_wandb_summary_run_offline_prints_the_sync_command(tmp_path):

@@ -115,6 +115,26 @@ def test_a_fresh_start_owns_its_metrics_log(tmp_path, resume):
     assert not run.metrics.exists()
 
 
+def test_a_run_at_the_class_prior_finishes_with_a_warning_naming_the_fix(tmp_path, caplog):
+    """0.16 against a majority of 0.148 on 256 test examples is z 0.5: the summary is written
+    and one warning says the run has not left the prior and which keys to change; 0.281 (z 6.0)
+    logs none."""
+    for name, acc, warned in (("a", 0.16, True), ("b", 0.281, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lra.train"):
+            folder(tmp_path / name).finish(summary(
+                task="listops", test_accuracy=acc, majority_accuracy=0.148)
+                | {"test_examples": 256})
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert (tmp_path / name / "summary.json").exists()
+        if warned:
+            [line] = warnings
+            assert "z +0.5 on 256 test examples" in line and "not left the class prior" in line
+            assert "trainer.max_steps" in line and "trainer.lr" in line
+        else:
+            assert warnings == []
+
+
 def test_a_finished_run_started_again_is_unfinished_until_it_ends(tmp_path):
     """trainer.resume=false on a finished run: a kill during the new training must not leave a
     folder that a relaunch skips, with the old summary over the new checkpoints."""
