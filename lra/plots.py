@@ -4,7 +4,8 @@
 accuracy averaged over the tasks of the grid, with error bars over seeds, against its peak memory
 or training throughput summarised over tasks by the geometric mean (tasks differ by orders of
 magnitude; the cost axis is logarithmic). `accuracy_per_task.png` has one panel per task. Every
-point is labelled with its attention's name beside it; the title says when the runs are mini
+point is labelled with its attention's name beside it, and drawn hollow when some of its seeds
+stayed at the class prior (lra.results.at_prior); the title says when the runs are mini
 stand-ins.
 """
 
@@ -61,14 +62,21 @@ def _place_labels(ax, labels: list[tuple[str, float, float, bool]]) -> None:
         placed.append(box)
 
 
-def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> None:
-    """points: (label, x, accuracy %, error bar %), on a log x axis with plain tick numbers."""
+AT_PRIOR_LABEL = "hollow: some seeds at the class prior"
+
+
+def _points(ax, points: list[tuple[str, float, float, float, bool]], x_label: str) -> None:
+    """points: (label, x, accuracy %, error bar %, whether some of its seeds stayed at the class
+    prior: drawn hollow), on a log x axis with plain tick numbers."""
     from matplotlib.ticker import FuncFormatter
 
-    for label, x, y, err in points:
+    for label, x, y, err, stuck in points:
         highlight = label in HIGHLIGHT
+        color = "C3" if highlight else "C0"
         ax.errorbar(x, y, yerr=err, fmt="o", ms=6 if highlight else 4.5, capsize=3,
-                    color="C3" if highlight else "C0", ecolor="0.7", elinewidth=1)
+                    color=color, mfc="none" if stuck else color, ecolor="0.7", elinewidth=1)
+    if any(p[4] for p in points):  # a legend entry, shown with the majority line's
+        ax.plot([], [], "o", mfc="none", color="0.4", label=AT_PRIOR_LABEL)
     ax.set_xscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ax.xaxis.set_major_formatter(plain)
@@ -81,7 +89,7 @@ def _points(ax, points: list[tuple[str, float, float, float]], x_label: str) -> 
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.15, y=0.12)
     ax.figure.canvas.draw()  # fixes the limits, so that label boxes are final
-    _place_labels(ax, [(label, x, y, label in HIGHLIGHT) for label, x, y, _ in points])
+    _place_labels(ax, [(label, x, y, label in HIGHLIGHT) for label, x, y, *_ in points])
 
 
 def _majority_line(ax, accuracy: float, label: str) -> None:
@@ -95,8 +103,8 @@ def _majority_line(ax, accuracy: float, label: str) -> None:
 def plot_overview(rows: list[dict[str, Any]], cost: str, title: str, path: Path) -> None:
     """rows: lra.results.attention_rows. An attention without the cost (a run of 2 steps or
     fewer is not timed) has no point; a plot with none says so."""
-    points = [(r["attention"], r[cost], 100 * r["accuracy_mean"], 100 * (r["accuracy_std"] or 0))
-              for r in rows if r.get(cost)]
+    points = [(r["attention"], r[cost], 100 * r["accuracy_mean"], 100 * (r["accuracy_std"] or 0),
+               r["at_prior"] > 0) for r in rows if r.get(cost)]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     if points:
@@ -124,7 +132,7 @@ def plot_per_task(rows: list[dict[str, Any]], tasks: list[str], title: str, path
     for ax, task in zip(axes.flat, tasks, strict=False):
         mine = [r for r in rows if r["task"] == task and r.get("peak_memory_mb")]
         _points(ax, [(r["attention"], r["peak_memory_mb"], 100 * r["test_accuracy_mean"],
-                      100 * (r["test_accuracy_std"] or 0)) for r in mine],
+                      100 * (r["test_accuracy_std"] or 0), r["at_prior"] > 0) for r in mine],
                 "peak memory (MB, log scale)")
         if mine:
             _majority_line(ax, max(r["majority_accuracy"] for r in mine), "majority class")

@@ -172,7 +172,8 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def attention_rows(runs: list[dict[str, Any]], tasks: list[str]) -> list[dict[str, Any]]:
     """One row per attention that ran every task: the accuracy averaged over the tasks (its std
-    over the seeds that ran every task), and its costs' geometric means over the tasks."""
+    over the seeds that ran every task), its costs' geometric means over the tasks, and how many
+    of its runs stayed at the class prior."""
     rows = []
     for attention in dict.fromkeys(r["attention"] for r in runs):
         mine = [r for r in runs if r["attention"] == attention]
@@ -186,7 +187,7 @@ def attention_rows(runs: list[dict[str, Any]], tasks: list[str]) -> list[dict[st
         majority = _mean([next(r["majority_accuracy"] for r in mine if r["task"] == t)
                           for t in tasks])
         rows.append({"attention": attention, "accuracy_mean": _mean(per_task),
-                     "majority_mean": majority,
+                     "majority_mean": majority, "at_prior": sum(map(at_prior, mine)),
                      "accuracy_std": _std(averages), "seeds": len(by_seed),
                      "tasks": ", ".join(tasks),
                      **{k: _geomean([r[k] for r in mine if r.get(k)])

@@ -97,6 +97,26 @@ def test_runs_at_the_class_prior_are_counted_and_marked(tmp_path):
     assert "† seeds at the class prior" in md and "mra2 on listops 1 of 3" in md
 
 
+def test_points_with_seeds_at_the_prior_are_drawn_hollow_and_named_in_the_legend():
+    from lra import plots
+
+    plt = plots._pyplot()
+    fig, ax = plt.subplots()
+    plots._points(ax, [("softmax", 10.0, 28.0, 1.0, False), ("mra2", 5.0, 20.0, 6.0, True)], "x")
+    plots._majority_line(ax, 0.148, "majority class")
+    faces = [line.get_markerfacecolor() for line in ax.lines
+             if line.get_marker() == "o" and len(line.get_xdata())]  # the points, in order
+    assert faces[0] != "none" and faces[1] == "none"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert plots.AT_PRIOR_LABEL in legend and "majority class" in legend
+    fig.clf()
+    ax = fig.add_subplot()
+    plots._points(ax, [("softmax", 10.0, 28.0, 1.0, False)], "x")
+    plots._majority_line(ax, 0.148, "majority class")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["majority class"]
+    plt.close(fig)
+
+
 def test_wandb_summary_run_offline_prints_the_sync_command(tmp_path):
     """With no key and no network: one offline run holding the table and plots, and the command
     that uploads it."""
