@@ -41,7 +41,7 @@ from data_prep.atomic import atomic_write, atomic_write_text
 
 from .cli import UserError
 from .config import Config, fingerprint
-from .results import PRIOR_Z, check_summary, read_summary, write_json, z_vs_majority
+from .results import PRIOR_Z, at_prior, check_summary, read_summary, write_json, z_vs_majority
 
 log = logging.getLogger("lra.train")  # its lines are the trainer's, as lra.eta's are
 
@@ -126,14 +126,14 @@ class RunFolder:
             log.info("%s: test accuracy %.4f (majority %.4f), best dev %.4f", self.name,
                      summary["test_accuracy"], summary["majority_accuracy"],
                      summary["best_dev_accuracy"])
-            z = z_vs_majority(summary)
-            if z is not None and z < PRIOR_Z:
+            if at_prior(summary):
                 log.warning("%s: test accuracy %.4f is within %g standard errors of always "
                             "giving the majority class (%.4f, z %+.1f on %d test examples): "
                             "the run has not left the class prior; more steps "
                             "(trainer.max_steps), another seed or a larger trainer.lr",
                             self.name, summary["test_accuracy"], PRIOR_Z,
-                            summary["majority_accuracy"], z, summary["test_examples"])
+                            summary["majority_accuracy"], z_vs_majority(summary),
+                            summary["test_examples"])
 
 
 def append_jsonl(path: str | Path, obj: Any) -> None:
