@@ -89,6 +89,8 @@ def find_summaries(root: str | Path) -> list[dict[str, Any]]:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # a mean over no values: no run measured it
+        return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
