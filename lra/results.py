@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from scipy import stats
+
 from data_prep import tasks as data_tasks
 from data_prep.atomic import atomic_write_text
 
@@ -125,6 +127,16 @@ def _std(values: list[float]) -> float | None:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _ci95(values: list[float]) -> float | None:
+    """Half-width of the two-sided 95% confidence interval of the mean over seeds, Student's t
+    with n - 1 degrees of freedom (4.30 standard errors for 3 seeds, 2.78 for 5); None for fewer
+    than two seeds."""
+    std = _std(values)
+    if std is None:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+
+
 def _geomean(values: list[float]) -> float | None:
     values = [v for v in values if v]
     return math.exp(sum(map(math.log, values)) / len(values)) if values else None
@@ -136,8 +148,8 @@ RUN_COLUMNS = (*SUMMARY_KEYS, "test_examples", "z_vs_majority")
 # at the class prior.
 TABLE_COLUMNS = (
     "task", "attention", "data", "mini", "protocol", "seeds", "at_prior", "test_accuracy_mean",
-    "test_accuracy_std", "best_dev_accuracy_mean", "majority_accuracy", "peak_memory_mb",
-    "tokens_per_s", "step_time_ms", "params", "kernel_backend",
+    "test_accuracy_std", "test_accuracy_ci95", "best_dev_accuracy_mean", "majority_accuracy",
+    "peak_memory_mb", "tokens_per_s", "step_time_ms", "params", "kernel_backend",
 )
 # The published figures (results/published/README.md cites them), and the protocol each ran.
 PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published" / \
@@ -162,6 +174,7 @@ def table_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "mini": any(r["mini"] for r in group), "protocol": protocol, "seeds": len(group),
             "at_prior": sum(map(at_prior, group)),
             "test_accuracy_mean": _mean(acc), "test_accuracy_std": _std(acc),
+            "test_accuracy_ci95": _ci95(acc),
             "best_dev_accuracy_mean": _mean([r["best_dev_accuracy"] for r in group]),
             "majority_accuracy": group[0]["majority_accuracy"],
             **{k: _mean([r[k] for r in group if r.get(k) is not None])
@@ -279,17 +292,18 @@ def aggregate(root: str | Path, out_dir: str | Path, *, title: str, wandb: bool 
     for run in runs:
         run["z_vs_majority"] = z_vs_majority(run)
     atomic_write_text(out_dir / "runs.csv", to_csv(runs, RUN_COLUMNS))
-    costs = [{**r, "test_accuracy": _cell(r["test_accuracy_mean"], r["test_accuracy_std"])}
-             for r in table]
+    costs = [{**r, "test_accuracy": _cell(r["test_accuracy_mean"], r["test_accuracy_std"]),
+              "ci95": _cell(r["test_accuracy_ci95"], None)} for r in table]
     note = ("Mini data: every row ran on the offline mini suite (stand-ins for the LRA tasks), "
             "so no published LRA figure is shown beside them.\n\n" if mini else
             "Published rows: results/published/ (cited there); each ran the protocol named.\n\n")
     text = (f"# {title}\n\nTest accuracy (%), mean ± std over seeds (seeds: how many); avg: over "
-            f"the tasks shown.\n\n{accuracy_markdown(table, tasks, mini)}\n{note}"
+            "the tasks shown. The 95% confidence interval of each mean (Student's t over seeds) "
+            f"is ± ci95 of the cost table.\n\n{accuracy_markdown(table, tasks, mini)}\n{note}"
             "## Cost per task and attention (means over seeds)\n\npeak_memory_mb: peak growth of "
             "live tensor memory in one training step; tokens_per_s: real tokens trained per "
             "second (README, \"Where results go\"). One row per run: runs.csv.\n\n"
-            + to_markdown(costs, ("task", "attention", "test_accuracy", "peak_memory_mb",
+            + to_markdown(costs, ("task", "attention", "test_accuracy", "ci95", "peak_memory_mb",
                                   "tokens_per_s", "step_time_ms", "params", "kernel_backend",
                                   "seeds", "at_prior")))
     atomic_write_text(out_dir / "results.md", text)

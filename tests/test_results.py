@@ -21,6 +21,7 @@ from lra.results import (
     find_summaries,
     main,
     published_rows,
+    table_rows,
     write_json,
 )
 from tests.conftest import ROOT
@@ -61,6 +62,9 @@ def test_accuracy_is_the_mean_and_std_over_seeds_beside_the_published_rows(tmp_p
     assert text_mra2["seeds"] == "3"
     assert float(text_mra2["test_accuracy_mean"]) == pytest.approx(0.41)
     assert float(text_mra2["test_accuracy_std"]) == pytest.approx(0.01)  # sample std of 3
+    # 95% interval of the mean of 3 seeds: t(0.975, 2 degrees of freedom) = 4.303 standard errors.
+    ci95 = float(text_mra2["test_accuracy_ci95"])
+    assert ci95 == pytest.approx(4.303 * 0.01 / 3 ** 0.5, rel=1e-4)
     assert float(text_mra2["peak_memory_mb"]) == 10.0
     assert {k: text_mra2[k] for k in ("data", "mini", "protocol", "tokens_per_s", "step_time_ms",
                                       "params", "kernel_backend")} == {
@@ -69,9 +73,11 @@ def test_accuracy_is_the_mean_and_std_over_seeds_beside_the_published_rows(tmp_p
     assert float(text_mra2["best_dev_accuracy_mean"]) == pytest.approx(0.39)
     md = (tmp_path / "out" / "results.md").read_text()
     # The cost table: one row per task and attention, the accuracy cell as in the table above.
-    assert "| task | attention | test_accuracy | peak_memory_mb | tokens_per_s | step_time_ms | " \
-           "params | kernel_backend | seeds | at_prior |\n" + "|---" * 10 + "|\n" in md
-    assert "| text | mra2 | 41.00 ± 1.00 | 10 | 4e+04 | 2 | 900 | cpp,reference | 3 | 0 |\n" in md
+    header = "| task | attention | test_accuracy | ci95 | peak_memory_mb | tokens_per_s | " \
+             "step_time_ms | params | kernel_backend | seeds | at_prior |\n"
+    assert header + "|---" * 11 + "|\n" in md
+    assert "| text | mra2 | 41.00 ± 1.00 | 2.48 | 10 | 4e+04 | 2 | 900 | cpp,reference | 3 | 0 |" \
+        in md
     assert "Published rows: results/published/" in md and "Mini data" not in md
     # Tasks in the LRA order, the average over the tasks shown, the seed count.
     assert "| attention | source | listops | text | avg | seeds |\n" + "|---" * 6 + "|\n" in md
@@ -177,7 +183,7 @@ def test_a_cost_no_run_measured_is_a_dash_and_a_summary_without_protocol_is_unkn
         write_json(path, summary)
     aggregate(tmp_path / "runs", tmp_path / "out", title="T")
     md = (tmp_path / "out" / "results.md").read_text()
-    assert "| listops | mra2 | 30.00 | 10 | - | - | 900 | cpp | 1 | 0 |\n" in md
+    assert "| listops | mra2 | 30.00 | - | 10 | - | - | 900 | cpp | 1 | 0 |\n" in md
     assert "| mra2 | ours, unknown | 30.00 | 30.00 | 1 |" in md
 
 
@@ -205,6 +211,21 @@ def test_the_plots_are_drawn_from_the_overview_rows_one_per_cost(tmp_path, monke
     assert drawn == [(["mra2", "softmax"], "peak_memory_mb", "T", "accuracy_vs_memory.png"),
                      (["mra2", "softmax"], "tokens_per_s", "T", "accuracy_vs_speed.png"),
                      (4, ["listops", "text"], "T", "accuracy_per_task.png")]
+
+
+@pytest.mark.parametrize("seeds, t", [(2, 12.706), (3, 4.303), (5, 2.776), (10, 2.262)])
+def test_the_confidence_interval_is_student_s_t_over_seeds(seeds, t):
+    """t(0.975, seeds - 1) from a printed table; accuracies 0.30 + 0.01 * seed."""
+    acc = [0.30 + 0.01 * s for s in range(seeds)]
+    mean = sum(acc) / seeds
+    std = (sum((a - mean) ** 2 for a in acc) / (seeds - 1)) ** 0.5
+    [row] = table_rows([{"task": "listops", "attention": "mra2", "seed": s, "test_accuracy": a,
+                         "best_dev_accuracy": a, "majority_accuracy": 0.15, "data": "lra",
+                         "mini": False, "params": 1, "kernel_backend": "-"}
+                        for s, a in enumerate(acc)])
+    assert row["test_accuracy_ci95"] == pytest.approx(t * std / seeds ** 0.5, rel=2e-4)
+    assert table_rows([{**row, "test_accuracy": 0.3, "best_dev_accuracy": 0.3, "seed": 0}]
+                      )[0]["test_accuracy_ci95"] is None
 
 
 def test_at_prior_is_strictly_below_two_standard_errors():
