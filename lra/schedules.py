@@ -33,6 +33,8 @@ class Schedule(Choice):
 def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     """The factor of the base lr at optimiser step `step` (0-based) of `total`, for the
     schedules that are a factor of the base lr (all but onecycle)."""
+    if schedule not in ("rsqrt", "cosine", "linear"):
+        raise ValueError(f"trainer.schedule={schedule!r} is not one of {', '.join(Schedule)}")
     warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
     if schedule == "rsqrt":
         return warm / math.sqrt(max(step + 1, warmup, 1))
@@ -41,9 +43,7 @@ def lr_factor(schedule: str, step: int, warmup: int, total: int) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return max(0.0, (total - step) / max(1, total - warmup))
-    raise ValueError(f"trainer.schedule={schedule!r} is not one of {', '.join(Schedule)}")
+    return max(0.0, (total - step) / max(1, total - warmup))  # linear
 
 
 def build(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
@@ -52,7 +52,8 @@ def build(optimizer: torch.optim.Optimizer, schedule: str, warmup: int,
     if schedule == "onecycle":
         lr = optimizer.param_groups[0]["lr"]
         # OneCycleLR's warmup phase ends at step warmup - 1, so one step would span zero steps
-        # (a division by zero); warmup 0 gives what one step means, the peak at step 0.
+        # (a division by zero); warmup 0 decays from the peak at once, step s at the peak less
+        # (s + 1) / total of the way down (the harness itself crashes at 1).
         warmup = 0 if warmup == 1 else warmup
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=lr, total_steps=total, pct_start=warmup / total,

@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lra.config import load_config
-from lra.schedules import lr_factor
+from lra.schedules import build, lr_factor
 from tests.conftest import ROOT
 from tests.test_configs import ATTENTION_CONFIGS, CONF, TASKS, composed
 
@@ -133,3 +134,33 @@ def test_cosine_and_linear_warm_up_then_decay_to_zero():
     assert lr_factor("cosine", 60, 10, 110) == pytest.approx(0.5)  # half way: cos(pi / 2)
     assert lr_factor("linear", 60, 10, 110) == pytest.approx(0.5)
     assert lr_factor("cosine", 35, 10, 110) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_schedule_edges_warmup_0_or_1_a_one_step_decay_and_steps_past_the_end():
+    """Warmup 0 starts at the peak (rsqrt too: 1 / sqrt(1)); a decay phase of one step still
+    decays; steps past `total` stay at 0; OneCycleLR with one warmup step (torch's pct_start =
+    1 / total divides by zero) decays from the peak at once: step s is (s + 1) / total of the way
+    from the peak to peak / 25e4."""
+    for schedule in ("rsqrt", "cosine", "linear"):
+        assert lr_factor(schedule, 0, 0, 10) == 1.0
+    assert lr_factor("linear", 10, 10, 11) == 1.0 and lr_factor("linear", 11, 10, 11) == 0.0
+    assert lr_factor("cosine", 11, 10, 11) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("cosine", 120, 10, 110) == pytest.approx(0.0, abs=1e-12)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched = build(opt, "onecycle", 1, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    low = 1e-3 / 25e4
+    assert lrs == pytest.approx([1e-3 - (s + 1) / 10 * (1e-3 - low) for s in range(10)])
+
+
+def test_an_unknown_schedule_fails_when_the_scheduler_is_built():
+    """Not at the first step after the warmup, thousands of steps into a run."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    with pytest.raises(ValueError) as err:
+        build(opt, "cosin", 1000, 5000)
+    assert str(err.value) == \
+        "trainer.schedule='cosin' is not one of onecycle, linear, rsqrt, cosine"
