@@ -147,6 +147,8 @@ def test_schedule_edges_warmup_0_or_1_a_one_step_decay_and_steps_past_the_end():
     assert lr_factor("cosine", 11, 10, 11) == pytest.approx(0.0, abs=1e-12)
     assert lr_factor("cosine", 120, 10, 110) == pytest.approx(0.0, abs=1e-12)
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    build(opt, "linear", 0, 10)
+    assert opt.param_groups[0]["lr"] == 1e-3
     sched = build(opt, "onecycle", 1, 10)
     lrs = []
     for _ in range(10):

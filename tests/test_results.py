@@ -54,7 +54,7 @@ def test_accuracy_is_the_mean_and_std_over_seeds_beside_the_published_rows(tmp_p
     assert main([str(tmp_path / "runs"), str(tmp_path / "out"), "--title", "T"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("# T\n") and f"12 runs; written to {tmp_path / 'out'}" in printed
-    assert "\r" not in (tmp_path / "out" / "results.csv").read_text()
+    assert b"\r" not in (tmp_path / "out" / "results.csv").read_bytes()  # not csv's \r\n
     rows = {(r["task"], r["attention"]): r
             for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
     assert len(rows) == 4 and len(list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))) == 12
@@ -86,6 +86,13 @@ def test_accuracy_is_the_mean_and_std_over_seeds_beside_the_published_rows(tmp_p
     assert "| 36.37 | 64.27 | 50.32 | - |" in md and "| 37.10 | 65.02 | 51.06 | - |" in md
     for plot in ("accuracy_vs_memory.png", "accuracy_vs_speed.png", "accuracy_per_task.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 0
+
+
+def test_a_runs_argument_that_is_not_a_folder_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert f"{tmp_path / 'nope'} is not a folder of runs" in capsys.readouterr().err
 
 
 def test_mini_runs_are_marked_and_shown_without_published_rows(tmp_path):
