@@ -63,7 +63,8 @@ def scatter_blocks(values: torch.Tensor, index: torch.Tensor, num_blocks: int,
         return values.new_zeros(*lead, num_blocks, *rest).scatter_add(len(lead), slots, values)
     if reduce == "amax":
         out = values.new_full((*lead, num_blocks, *rest), fill)
-        return out.scatter_reduce(len(lead), slots, values, reduce="amax", include_self=True)
+        # include_self=False: a slot that receives values holds their max even below `fill`.
+        return out.scatter_reduce(len(lead), slots, values, reduce="amax", include_self=False)
     raise ValueError(f"reduce must be 'sum' or 'amax', got {reduce!r}")
 
 

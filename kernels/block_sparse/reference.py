@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .layout import gather_blocks, scatter_blocks, to_blocks
+from .layout import from_blocks, gather_blocks, scatter_blocks, to_blocks
 
 
 def slot_rows(row_offsets: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,6 +50,6 @@ def attention(q, k, v, key_real, row_offsets, col_index, *, block_size: int, sca
     total = scatter_blocks(weights.sum(dim=-1), rows, nb)  # (batch, heads, nb, b)
     has_key = total > 0
     safe = torch.where(has_key, total, 1)
-    out = (numerator / safe[..., None]).flatten(-3, -2)
+    out = from_blocks(numerator / safe[..., None])
     lse = torch.where(has_key, row_max + torch.log(safe), float("-inf")).flatten(-2)
     return out, lse
