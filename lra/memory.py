@@ -46,10 +46,9 @@ class LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = _storages((args, kwargs))
-        for key, storage in _storages(out).items():
+        for key, storage in _storages(out).items():  # by address: a storage returned twice once
             if key in inputs:  # a view or an in-place result: no new memory
                 continue
-            inputs[key] = storage  # an op returning one new storage twice counts it once
             nbytes = storage.nbytes()
             self.live += nbytes
             # Storages keep their Python object while alive, so this fires when the memory goes.

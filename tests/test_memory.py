@@ -14,21 +14,51 @@ def test_cpu_count_is_live_tensor_bytes():
     """Growth during a stretch: new storages count while alive, views and in-place results do
     not, and what existed before start does not."""
     before = torch.ones(1024, 1024)  # 4 MiB that exist at start
-    with PeakMemory(torch.device("cpu")) as memory:
+    memory = PeakMemory(torch.device("cpu"))
+    assert memory.peak_mb() == 0.0  # nothing measured yet
+    with memory:
         view = before.t()[:10]  # no new memory
         before.mul_(2)  # in place: none either
-        a = torch.ones(256, 1024)  # 1 MiB
+        a = torch.ones(128, 1024, dtype=torch.float64)  # 1 MiB (the dtype is a kwarg of the op)
         b = a * 2  # 1 MiB more: 2 live
         del a, b
-        c = torch.ones(512, 1024)  # 2 MiB after both were freed: the peak stays 2
+        c = torch.ones(384, 1024)  # 1.5 MiB after both were freed: the peak stays 2
+        assert memory.peak_mb() == 2.0  # read while measuring
         del c, view
     assert memory.peak_mb() == 2.0 and memory.kind == "cpu_live_tensor_bytes"
+    with memory:
+        before.add_(1)  # a stretch that allocates nothing
+    assert memory.peak_mb() == 0.0
     # Nothing is left counting after stop: a later stretch starts from zero.
     junk = [torch.ones(1024, 1024) for _ in range(8)]
     del junk
     with memory:
         torch.ones(256, 1024)
     assert memory.peak_mb() == 1.0
+
+
+def test_an_op_returning_an_input_and_a_new_tensor_counts_the_new_one_once():
+    """What the dispatch rule sees, with an op written here: it returns its input, a view of
+    its input, and a new 1 MiB tensor twice."""
+    from lra.memory import LiveTensorBytes
+
+    x = torch.zeros(8)
+
+    def op(t):
+        new = torch.ones(256, 1024)
+        return t, t[2:], new, new[1:]
+
+    counter = LiveTensorBytes()
+    out = counter.__torch_dispatch__(op, (), (x,))
+    assert counter.live == counter.peak == 2**20
+    del out
+    assert counter.live == 0 and counter.peak == 2**20
+
+
+def test_cuda_uses_the_allocator_statistics():
+    """The kind is named from the device alone (building it touches no GPU); the CUDA branch
+    itself needs a GPU (tools/gpu_check.py)."""
+    assert PeakMemory(torch.device("cuda")).kind == "cuda_max_allocated"
 
 
 def test_multirun_and_single_runs_report_the_same_peak(tiny_data_root, tmp_path):
