@@ -46,7 +46,7 @@ class LiveTensorBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = _storages((args, kwargs))
-        for key, storage in _storages(out).items():  # by address: a storage returned twice once
+        for key, storage in _storages(out).items():  # by address: one entry per storage
             if key in inputs:  # a view or an in-place result: no new memory
                 continue
             nbytes = storage.nbytes()

@@ -16,8 +16,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from scipy import stats
-
 from data_prep import tasks as data_tasks
 from data_prep.atomic import atomic_write_text
 
@@ -131,6 +129,8 @@ def _ci95(values: list[float]) -> float | None:
     """Half-width of the two-sided 95% confidence interval of the mean over seeds, Student's t
     with n - 1 degrees of freedom (4.30 standard errors for 3 seeds, 2.78 for 5); None for fewer
     than two seeds."""
+    from scipy import stats  # here, not at the top: every training run imports this module
+
     std = _std(values)
     if std is None:
         return None
