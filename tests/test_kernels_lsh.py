@@ -161,6 +161,37 @@ def test_backends_compute_the_documented_estimators(cpp, backend, estimator, slo
         assert err < 1e-12, f"{name}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("estimator, slots", ESTIMATORS)
+def test_the_reference_in_the_smallest_chunks_computes_the_same(monkeypatch, estimator, slots):
+    """At LRA sizes the reference cuts its tables into chunks (TABLE_BUDGET); a budget of one
+    element forces one row (v2) or one channel (v1, the forward) per chunk, which the other
+    tests' sizes never reach."""
+    monkeypatch.setattr(reference, "TABLE_BUDGET", 1)
+    case = make_case(5, 45, 8, 3, 5)
+    for name, ours, formula in zip(("out", "dq", "dk", "dv"),
+                                   run(reference, case, estimator, slots, 77),
+                                   dense(case, estimator, slots, 77), strict=True):
+        err = relative_error(ours, formula)
+        assert err < 1e-12, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("needed", [(0,), (1,), (2,), (0, 2)])
+def test_only_the_gradients_asked_for_are_computed_and_they_are_the_full_ones(cpp, backend,
+                                                                             needed):
+    module = cpp if backend == "cpp" else reference
+    case = make_case(6, 33, 8, 3, 4)
+    full = run(module, case, "v2", 5, 9)[1:]
+    leaves = [x.clone().requires_grad_(i in needed) for i, x in enumerate((case.q, case.k, case.v))]
+    module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits, case.num_buckets, "v2",
+                          5, 9).backward(case.g)
+    for i, (leaf, want) in enumerate(zip(leaves, full, strict=True)):
+        if i in needed:
+            assert torch.equal(leaf.grad, want)
+        else:
+            assert leaf.grad is None
+
+
 def test_slot_survivors_follow_the_collision_counts():
     """Per slot the survivor is drawn over collision events: over many seeds, a key that collides
     in 3 rounds survives 3 times as often as its slot-mate that collides in 1 (within 5 standard
