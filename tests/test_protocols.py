@@ -16,6 +16,7 @@ from lra.config import load_config
 from lra.schedules import build, lr_factor
 from tests.conftest import ROOT
 from tests.test_configs import ATTENTION_CONFIGS, CONF, TASKS, composed
+from tests.test_protocol import lr_beta1_trace
 
 # The original LRA protocol (JAX configs): dim / heads / layers / FFN, pooling, batch, peak lr,
 # schedule, warmup, steps, weight decay, dropout. Retrieval takes Text's schedule (warmup 8000).
@@ -149,12 +150,7 @@ def test_schedule_edges_warmup_0_or_1_a_one_step_decay_and_steps_past_the_end():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
     build(opt, "linear", 0, 10)
     assert opt.param_groups[0]["lr"] == 1e-3
-    sched = build(opt, "onecycle", 1, 10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+    lrs = [lr for lr, _ in lr_beta1_trace(opt, build(opt, "onecycle", 1, 10), 10)]
     low = 1e-3 / 25e4
     assert lrs == pytest.approx([1e-3 - (s + 1) / 10 * (1e-3 - low) for s in range(10)])
 
