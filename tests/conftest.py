@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny ListOps cache that the trainer tests read instead of the mini suite."""
+"""Shared fixtures: a tiny ListOps cache that the trainer tests read instead of the mini suite;
+the kernel registry with fresh caches, or with a C++ backend that fails to build."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import kernels.backend as kb
 from attention_zoo import attention_class, build_attention, list_attentions
 from data_prep import listops
 from kernels.backend import registered_backends
@@ -91,6 +94,30 @@ def same_draws(attn):
 
     attn.register_forward_pre_hook(restore)
     return attn
+
+
+@pytest.fixture
+def kernel_caches(monkeypatch):
+    """kernels.backend with its load and warning caches emptied for this test (restored after),
+    so that a backend loads, fails and warns here as it would first in a fresh process."""
+    for name in ("_LOADED", "_FAILED", "_WARNED"):
+        monkeypatch.setattr(kb, name, type(getattr(kb, name))())
+    return kb
+
+
+@pytest.fixture
+def failing_cpp(monkeypatch, kernel_caches):
+    """`failing_cpp(family, reason)`: the family's C++ backend now fails to load with
+    BackendError(reason), as on a machine without a compiler; the other backends are untouched."""
+    def install(family: str, reason: str) -> None:
+        def fail():
+            raise kb.BackendError(reason)
+
+        monkeypatch.setitem(kb._FAMILIES, family, [
+            dataclasses.replace(impl, load=fail) if impl.name == "cpp" else impl
+            for impl in kb._FAMILIES[family]])
+
+    return install
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,9 @@ from kernels.block_sparse.layout import csr_from_pairs, from_blocks, scatter_blo
 
 
 @pytest.fixture
-def registry(monkeypatch):
+def registry(monkeypatch, kernel_caches):
     """An empty registry and empty caches, so that these tests see only what they register."""
-    for name in ("_FAMILIES", "_LOADED", "_FAILED", "_WARNED"):
-        monkeypatch.setattr(kb, name, type(getattr(kb, name))())
+    monkeypatch.setattr(kb, "_FAMILIES", {})
     return kb
 
 

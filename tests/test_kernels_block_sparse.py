@@ -193,32 +193,31 @@ def test_auto_picks_the_fastest_backend_on_cpu():
     assert name == "cpp", "the C++ backend must build on this machine (g++, ninja)"
 
 
-@pytest.fixture
-def broken_cpp(monkeypatch):
-    """A C++ backend whose build fails, in a registry of its own."""
-    def fail():
-        raise kernels.BackendError("ninja not found; fix: pip install ninja")
-
-    impls = [kernel_backend.Implementation("cpp", ("cpu",), fail),
-             kernel_backend.Implementation("reference", ("cpu",), lambda: reference)]
-    monkeypatch.setitem(kernel_backend._FAMILIES, "broken", impls)
-    for cache in ("_LOADED", "_FAILED", "_WARNED"):
-        monkeypatch.setattr(kernel_backend, cache, type(getattr(kernel_backend, cache))())
-
-
-def test_named_backend_that_cannot_load_raises(broken_cpp):
+def test_named_backend_that_cannot_load_raises(failing_cpp):
+    failing_cpp("block_sparse", "ninja not found; fix: pip install ninja")
+    attn = build_attention("mra2", num_heads=1, head_dim=8, max_seq_len=64, backend="cpp")
+    q = k = v = torch.randn(1, 1, 64, 8)
     with pytest.raises(kernels.BackendError, match="pip install ninja"):
-        kernels.resolve("broken", "cpp", "cpu")
+        attn(q, k, v, torch.ones(1, 64, dtype=torch.bool))
 
 
-def test_auto_falls_back_with_one_warning(broken_cpp, caplog):
+def test_auto_falls_back_to_the_reference_with_one_warning(failing_cpp, caplog):
+    """MRA with backend=auto on a machine whose C++ build fails: the reference's output, every
+    call, and one warning naming the reason and the fix."""
+    failing_cpp("block_sparse", "ninja not found; fix: pip install ninja")
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 1, 100, 8, generator=gen) for _ in range(3))
+    mask = torch.arange(100)[None, :] < torch.tensor([[100], [37]])
+    want = build_attention("mra2", num_heads=1, head_dim=8, max_seq_len=128,
+                           backend="reference")(q, k, v, mask)
+    attn = build_attention("mra2", num_heads=1, head_dim=8, max_seq_len=128, backend="auto")
     with caplog.at_level(logging.WARNING, logger="kernels"):
         for _ in range(3):
-            assert kernels.resolve("broken", "auto", "cpu")[0] == "reference"
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "'cpp' unavailable" in warnings[0].getMessage()
-    assert "pip install ninja" in warnings[0].getMessage()
+            torch.testing.assert_close(attn(q, k, v, mask), want, atol=0, rtol=0)
+            assert attn.backend_in_use == "reference"
+    assert [r.getMessage() for r in caplog.records if r.name == "kernels"] == [
+        "kernels: block_sparse backend 'cpp' unavailable on cpu, falling back: ninja not found; "
+        "fix: pip install ninja"]
 
 
 def test_unknown_or_foreign_backend_is_explained():

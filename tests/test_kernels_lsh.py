@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels.backend as kb
 from attention_zoo import build_attention
 from kernels.backend import BackendError, resolve
 from kernels.lsh import lsh_cumulation, reference, simhash_codes
@@ -262,21 +261,8 @@ def test_auto_picks_cpp_on_cpu(cpp):
     assert used == "cpp"
 
 
-@pytest.fixture
-def broken_cpp(monkeypatch):
-    """The registry with a cpp loader that fails, and empty load/warning caches."""
-    def fail():
-        raise BackendError("no compiler (test)")
-
-    impls = [dataclasses.replace(i, load=fail) if i.name == "cpp" else i
-             for i in kb._FAMILIES["lsh"]]
-    monkeypatch.setitem(kb._FAMILIES, "lsh", impls)
-    for cache in ("_LOADED", "_FAILED"):
-        monkeypatch.setattr(kb, cache, {})
-    monkeypatch.setattr(kb, "_WARNED", set())
-
-
-def test_named_backend_that_cannot_load_raises(broken_cpp):
+def test_named_backend_that_cannot_load_raises(failing_cpp):
+    failing_cpp("lsh", "no compiler (test)")
     case = make_case(6, 20, 8, 3, 2)
     with pytest.raises(BackendError, match="no compiler"):
         lsh_cumulation(case.q, case.k, case.v, case.q_codes, case.k_codes, case.bits,
@@ -285,7 +271,8 @@ def test_named_backend_that_cannot_load_raises(broken_cpp):
         resolve("lsh", "cpp", "cuda")
 
 
-def test_auto_falls_back_to_reference_with_one_warning(broken_cpp, caplog):
+def test_auto_falls_back_to_reference_with_one_warning(failing_cpp, caplog):
+    failing_cpp("lsh", "no compiler (test)")
     case = make_case(6, 20, 8, 3, 2)
     with caplog.at_level(logging.WARNING, logger="kernels"):
         for _ in range(2):
