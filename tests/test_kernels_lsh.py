@@ -7,6 +7,7 @@ builds once per machine (cached by torch), about a minute the first time."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import logging
 import math
@@ -130,6 +131,12 @@ SHAPES = [(1, 16, 1, 1), (7, 16, 3, 2), (64, 32, 6, 16), (129, 64, 12, 4), (300,
 
 # (estimator, slots): v2 with every colliding pair, v2 cut to few slots, v1.
 ESTIMATORS = [("v2", 0), ("v2", 5), ("v1", 0)]
+# ... and the workspace's edges: one slot, and more slots than head_dim (8) but fewer than n (45).
+DOCUMENTED = [*ESTIMATORS, ("v2", 1), ("v2", 12)]
+# Reference table budgets (entries): one element forces one row (v2) or one channel (v1) per
+# chunk; 4320 = 3 channels of the v1 table (2 * 2 * 45 rows * 8) and 4 rows of the v2 one
+# (2 * 2 * 45 inputs * 5 rounds), each ending in a partial chunk.
+BUDGETS = {"reference_in_one_element_chunks": 1, "reference_in_small_chunks": 4320}
 
 
 @pytest.mark.parametrize("estimator, slots", ESTIMATORS)
@@ -146,15 +153,14 @@ def test_cpp_equals_reference(cpp, monkeypatch, n, d, tau, rounds, dtype, tol, e
         assert err < tol, f"{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("backend", ["cpp", "reference", "reference_in_one_element_chunks"])
-@pytest.mark.parametrize("estimator, slots", ESTIMATORS)
+@pytest.mark.parametrize("backend", ["cpp", "reference", *BUDGETS])
+@pytest.mark.parametrize("estimator, slots", DOCUMENTED)
 def test_backends_compute_the_documented_estimators(cpp, monkeypatch, backend, estimator, slots):
     """Each backend against the dense formulas of kernels/lsh/__init__.py (fp64), the workspace's
     survivors drawn one slot at a time. At LRA sizes the reference cuts its tables into chunks
-    (TABLE_BUDGET), which these sizes never reach; a budget of one element forces one row (v2)
-    or one channel (v1, the forward) per chunk."""
-    if backend == "reference_in_one_element_chunks":
-        monkeypatch.setattr(reference, "TABLE_BUDGET", 1)
+    (TABLE_BUDGET), which these sizes never reach unless the budget is made small (BUDGETS)."""
+    if backend in BUDGETS:
+        monkeypatch.setattr(reference, "TABLE_BUDGET", BUDGETS[backend])
     module = cpp if backend == "cpp" else reference
     case = make_case(3, 45, 8, 3, 5)
     for name, ours, formula in zip(("out", "dq", "dk", "dv"),
@@ -179,6 +185,42 @@ def test_only_the_gradients_asked_for_are_computed_and_they_are_the_full_ones(cp
             assert torch.equal(leaf.grad, want)
         else:
             assert leaf.grad is None
+
+
+def test_simhash_codes_are_the_sign_bits_and_a_point_on_a_plane_is_on_its_negative_side():
+    """Bit t of round r is [x . plane_{r,t} > 0], read as a binary number (bit 0 lowest): here
+    worked out by hand, with dot products of exactly 0 (the zero vector, a point on a plane)."""
+    # planes (heads 1, rounds 2, d 2, tau 2), column t the plane: round 0 e0, e1; round 1 -e0, e0+e1
+    planes = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[-1.0, 1.0], [0.0, 1.0]]]])
+    x = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, -1.0], [-2.0, 0.0]])[None, None]
+    # round 0: (1 1) -> 0b11; (0 0) -> 0; (1 -1) -> 0b01; (-2 0) -> 0 (on plane e1)
+    # round 1: (1 1) -> 0b10; (0 0) -> 0; (1 -1) -> 0 (on plane e0+e1); (-2 0) -> 0b01
+    expected = torch.tensor([[3, 0, 1, 0], [2, 0, 0, 1]])[:, None, None, :]
+    assert torch.equal(simhash_codes(x, planes), expected)
+
+
+@pytest.mark.parametrize("function", ["lsh_cumulation", "weighted_cumulation"])
+def test_backends_take_the_same_arguments_and_defaults(cpp, function):
+    """kernels.backend calls every backend module through the same names: their signatures agree,
+    and lsh_cumulation's defaults are the entry point's (v2, no workspace cap, seed 0)."""
+    def defaults(fn, leave_out=()):
+        return [(name, p.default) for name, p in inspect.signature(fn).parameters.items()
+                if name not in leave_out]
+
+    want = defaults(getattr(reference, function))
+    assert defaults(getattr(cpp, function)) == want
+    if function == "lsh_cumulation":
+        assert defaults(lsh_cumulation, leave_out=("backend",)) == want
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+def test_an_unknown_estimator_is_named(cpp, backend):
+    module = cpp if backend == "cpp" else reference
+    case = make_case(2, 10, 4, 2, 2)
+    message = "estimator must be 'v1' or 'v2', got 'v3'"
+    with pytest.raises((ValueError, RuntimeError), match=message):
+        module.weighted_cumulation(case.q_codes, case.q, case.g, case.k_codes, case.v, case.k,
+                                   case.bits, case.num_buckets, "v3")
 
 
 def test_slot_survivors_follow_the_collision_counts():

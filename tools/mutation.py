@@ -48,9 +48,10 @@ def scratch_copy(work: Path) -> None:
 def configure(work: Path, mutate: list[str], tests: list[str]) -> None:
     """Append mutmut's settings to the copy's pyproject.toml (JSON lists are TOML arrays)."""
     # mutmut runs the tests in mutants/, which holds only the packages and also_copy: the configs,
-    # and the published figures that lra/results.py reads beside the runs.
+    # the published figures that lra/results.py reads beside the runs, and the tools that tests
+    # run (tools/protocol_effects.py).
     settings = {"source_paths": PACKAGES, "only_mutate": mutate,
-                "also_copy": ["conf", "results/published"],
+                "also_copy": ["conf", "results/published", "tools"],
                 "pytest_add_cli_args_test_selection": tests}
     lines = ["", "[tool.mutmut]", *(f"{k} = {json.dumps(v)}" for k, v in settings.items())]
     with open(work / "pyproject.toml", "a") as f:

@@ -135,7 +135,7 @@ def _union_weighted_cumulation(
     n_in = z_in.shape[2]
     tau = bits.to(z_in.dtype)[:, None, None, None]  # (batch, 1, 1, 1)
     chunk = max(1, TABLE_BUDGET // (batch * heads * n_in * codes_out.shape[0]))
-    parts = []
+    out = z_in.new_empty(batch, heads, n_out, z_in.shape[-1])
     for a in range(0, n_out, chunk):
         rows = slice(a, a + chunk)
         # collide: (rounds, batch, heads, chunk, n_in); union: (batch, heads, chunk, n_in)
@@ -147,8 +147,8 @@ def _union_weighted_cumulation(
             union = collide.any(dim=0)
         weight = v2_weight(sim_out[..., rows, :] @ z_in.transpose(-1, -2), tau)
         pair = weight * (x_out[..., rows, :] @ y_in.transpose(-1, -2))
-        parts.append(torch.where(union, pair, 0) @ z_in)
-    return torch.cat(parts, dim=2) if parts else z_in.new_zeros(batch, heads, 0, z_in.shape[-1])
+        out[..., rows, :] = torch.where(union, pair, 0) @ z_in
+    return out
 
 
 def weighted_cumulation(
