@@ -241,6 +241,13 @@ def unknown_key(key: str, valid: Iterable[str],
     return ConfigError(f"unknown key {key}{did_you_mean(key, valid)}; {listed}")
 
 
+def _one_line(err: OmegaConfBaseException) -> ConfigError:
+    """OmegaConf's message, keyed, without the lines it appends on its own types
+    (`full_key: ...`, `object_type=TrainerConfig`): trainer.max_steps: Value 'many' of type ..."""
+    message = (err.msg or str(err)).strip().splitlines()[0]
+    return ConfigError(f"{err.full_key}: {message}" if err.full_key else message)
+
+
 def _invalid(err: ValidationError, raw: DictConfig) -> ConfigError:
     """A value of the wrong type for its key; for an enumeration, the list of its values."""
     kind: Any = Config
@@ -249,7 +256,7 @@ def _invalid(err: ValidationError, raw: DictConfig) -> ConfigError:
     enums = [t for t in typing.get_args(kind) or (kind,)  # `X | None` -> (X, NoneType)
              if isinstance(t, type) and issubclass(t, Enum)]
     if not enums:
-        return ConfigError(str(err).strip())
+        return _one_line(err)
     value = OmegaConf.select(raw, err.full_key, throw_on_missing=False)
     return not_one_of(err.full_key, value, enums[0], nullable=type(None) in typing.get_args(kind))
 
@@ -263,11 +270,11 @@ def load_config(raw: DictConfig) -> Config:
     except ConfigKeyError as err:  # a key the schema lacks, e.g. from a user's yaml file
         if err.full_key:
             raise unknown_key(err.full_key, schema_keys()) from None
-        raise ConfigError(str(err).strip()) from None
+        raise _one_line(err) from None
     except ValidationError as err:
-        raise (_invalid(err, raw) if err.full_key else ConfigError(str(err).strip())) from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(str(err).strip()) from None
+        raise (_invalid(err, raw) if err.full_key else _one_line(err)) from None
+    except OmegaConfBaseException as err:  # e.g. an interpolation to a key that does not exist
+        raise _one_line(err) from None
     try:
         options = make_options(cfg.attention.name, **cfg.attention.options)
     except AttentionError as err:

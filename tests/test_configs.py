@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from attention_zoo import list_attentions
-from lra.config import load_config
+from lra.config import ConfigError, load_config
 from lra.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -93,14 +93,18 @@ def test_wandb_logger_runs_offline_without_api_key(tiny_data_root, tmp_path, mon
     assert len(offline) == 1, os.listdir(Path(summary["run_dir"], "wandb"))
 
 
-@pytest.mark.parametrize(("attention", "key", "value", "limit"), [
-    ("mra2", "block_per_row", 100000, 2048 // 32),  # nb blocks of 32 in task.max_len=2048
-    ("mra2_s", "block_per_row", 65, 64),
-    ("nystrom", "num_landmarks", 4096, 2048),
-    ("soft_conv", "num_landmarks", 5000, 2048),
-    ("linformer", "proj_len", 3000, 2048),
+MRA_BOUND = "the number of blocks nb = ceil(task.max_len / block_size)"
+
+
+@pytest.mark.parametrize(("attention", "key", "value", "limit", "bound"), [
+    ("mra2", "block_per_row", 100000, 2048 // 32, MRA_BOUND),  # nb blocks of 32 in 2048
+    ("mra2_s", "block_per_row", 65, 64, MRA_BOUND),
+    ("nystrom", "num_landmarks", 4096, 2048, "one landmark per token, task.max_len"),
+    ("soft_conv", "num_landmarks", 5000, 2048, "one landmark per token, task.max_len"),
+    ("linformer", "proj_len", 3000, 2048, "task.max_len"),
 ])
-def test_budget_above_max_len_is_clamped_with_a_warning(attention, key, value, limit, caplog):
+def test_budget_above_max_len_is_clamped_with_a_warning(attention, key, value, limit, bound,
+                                                        caplog):
     """A budget the longest input cannot use is clamped (the module computes the same at the
     bound), with one warning naming the key, so the fingerprint says what is computed."""
     from lra.config import fingerprint
@@ -109,12 +113,29 @@ def test_budget_above_max_len_is_clamped_with_a_warning(attention, key, value, l
                                 f"attention.options.{key}={value}"))
     assert over.attention.options[key] == limit
     [warning] = [r.getMessage() for r in caplog.records if r.name == "lra.config"]
-    assert f"attention.options.{key}={value}" in warning and f"clamped to {limit}" in warning
+    assert warning == (f"attention.options.{key}={value} is more than {bound} = {limit} can use; "
+                       f"clamped to {limit} (the same computation)")
     caplog.clear()
     at = load_config(composed("task=listops", f"attention={attention}",
                               f"attention.options.{key}={limit}"))
     assert not caplog.records
     assert fingerprint(over, "d") == fingerprint(at, "d")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.pooling=cls", "attention.options.input_shape=[32, 32] needs model.pooling="
+     "mean_over_max_len or mean: a CLS token would not fit the grid"),
+    ("task.max_len=1000", "attention.options.input_shape=[32, 32] holds 1024 tokens but "
+     "task.max_len=1000"),
+])
+def test_a_two_dimensional_token_order_must_tile_the_encoders_tokens(override, message):
+    """MRA on images orders tokens by 2-D blocks (input_shape [32, 32]): with a CLS token, or a
+    length other than 32 * 32, no such order exists."""
+    assert load_config(composed("task=image", "attention=mra2")).attention.options[
+        "input_shape"] == [32, 32]
+    with pytest.raises(ConfigError) as err:
+        load_config(composed("task=image", "attention=mra2", override))
+    assert str(err.value) == message
 
 
 def test_budget_within_max_len_is_kept(caplog):
