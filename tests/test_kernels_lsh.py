@@ -211,6 +211,43 @@ def test_backends_take_the_same_arguments_and_defaults(cpp, function):
     assert defaults(getattr(cpp, function)) == want
     if function == "lsh_cumulation":
         assert defaults(lsh_cumulation, leave_out=("backend",)) == want
+    # ... and a call that leaves them out computes with them (v2, no cap, seed 0)
+    case = make_case(5, 30, 8, 3, 4)
+    for module in (reference, cpp):
+        if function == "lsh_cumulation":
+            leaves = [x.clone().requires_grad_(True) for x in (case.q, case.k, case.v)]
+            module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits,
+                                  case.num_buckets).backward(case.g)
+            assert torch.equal(leaves[0].grad, run(module, case, "v2", 0, 0)[1])
+        else:
+            args = (case.q_codes, case.q, case.g, case.k_codes, case.v, case.k, case.bits,
+                    case.num_buckets, "v2")
+            assert torch.equal(module.weighted_cumulation(*args),
+                               module.weighted_cumulation(*args, 0, 0))
+
+
+def test_the_reference_cuts_its_tables_to_the_budget(monkeypatch):
+    """The point of TABLE_BUDGET: each chunk's tables fit it. At 4320 entries (batch 2, heads 2,
+    45 tokens, head_dim 8, 5 rounds, 65 buckets) a v2 chunk is 4 output rows (4 * 45 inputs *
+    5 rounds * 4 pairs of (batch, head) = 3600), the last one 1; a v1 chunk is 2 channels of the
+    (65-bucket) table; at 1 entry, one row and one channel. Every row and channel once."""
+    case = make_case(3, 45, 8, 6, 5)
+    args = (case.q_codes, case.q, case.g, case.k_codes, case.v, case.k, case.bits,
+            case.num_buckets)
+    rows, channels = [], []
+    weight, bucket = reference.v2_weight, reference.bucket_cumulation
+    monkeypatch.setattr(reference, "v2_weight",
+                        lambda sim, tau: rows.append(sim.shape[-2]) or weight(sim, tau))
+    monkeypatch.setattr(reference, "bucket_cumulation", lambda c_out, c_in, values, n: (
+        channels.append(values.shape[-1] // 8) or bucket(c_out, c_in, values, n)))
+    for budget, v2_rows, v1_channels in [(4320, [4] * 11 + [1], [2] * 4), (1, [1] * 45, [1] * 8)]:
+        monkeypatch.setattr(reference, "TABLE_BUDGET", budget)
+        rows.clear()
+        channels.clear()
+        reference.weighted_cumulation(*args, "v2")
+        reference.weighted_cumulation(*args, "v1")
+        assert rows == v2_rows
+        assert channels == v1_channels * 5  # per round
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
