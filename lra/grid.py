@@ -43,17 +43,22 @@ def default_grid() -> dict[str, str]:
     return {"task": ",".join(tasks.grid_names()), "attention": params.attention}
 
 
+# Presets of conf/experiment/ that are other commands' (`make demo`, this sweep's own default
+# grid), not protocols a grid can run under.
+NOT_PROTOCOLS = ("demo", "lra_all")
+
+
 def protocol_override(protocol: str) -> str:
     """A protocol of conf/protocol/ (per-task values), or a whole preset of conf/experiment/
     (such as reproduce_mra, the published harness's settings)."""
+    presets = [e for e in group_options("experiment") if "/" not in e and e not in NOT_PROTOCOLS]
     if protocol in group_options("protocol"):
         return f"protocol={protocol}"
-    if protocol in group_options("experiment") and "/" not in protocol:
+    if protocol in presets:
         return f"+experiment={protocol}"
-    choices = group_options("protocol") + [e for e in group_options("experiment")
-                                           if "/" not in e and e not in ("demo", "lra_all")]
-    raise UserError(f"--protocol {protocol}: no conf/protocol/{protocol}.yaml or "
-                    f"conf/experiment/{protocol}.yaml; choices: {', '.join(choices)}")
+    choices = group_options("protocol") + presets
+    raise UserError(f"--protocol {protocol}: not a protocol; choices: {', '.join(choices)} "
+                    "(conf/protocol/, or a preset of conf/experiment/)")
 
 
 def sweep(overrides: list[str]) -> int:

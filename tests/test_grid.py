@@ -108,3 +108,88 @@ def test_make_lra_all_without_data_prints_each_tasks_command_and_runs_nothing(tm
     for task, sources in (("listops", "lra_release|generate"), ("text", "tfds|raw")):
         assert f"python -m data_prep {task} --source <{sources}>" in proc.stderr, task
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+# lra.grid's command line in process: what it asks Hydra to sweep and what it aggregates (the
+# tests above run it end to end in subprocesses, where no mutation or coverage tool reaches).
+
+@pytest.fixture
+def planned(monkeypatch, tmp_path):
+    """lra.grid.main with the sweep and the aggregation recorded instead of run: call it with the
+    argument list and the sweep's exit status; it returns (exit status, calls)."""
+    from lra import grid
+
+    def run(argv: list[str], status: int = 0):
+        calls = {}
+
+        def sweep(overrides):
+            calls["sweep"] = overrides
+            return status
+
+        def aggregate(runs, out, title, wandb):
+            calls["aggregate"] = (runs, out, title, wandb)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.md").write_text("the table\n")
+
+        monkeypatch.setattr(grid, "sweep", sweep)
+        monkeypatch.setattr(grid, "aggregate", aggregate)
+        return grid.main([f"--runs-dir={tmp_path}/runs", f"--out={tmp_path}/out", *argv]), calls
+
+    return run
+
+
+def test_the_default_grid_is_every_task_and_every_compared_attention(planned, tmp_path, capsys):
+    from attention_zoo import list_attentions
+
+    status, calls = planned([])
+    assert status == 0
+    task, attention, *rest = calls["sweep"]
+    assert task == "task=listops,text,retrieval,image,pathfinder"  # Path-X is not in the grid
+    compared = attention.removeprefix("attention=").split(",")
+    assert set(compared) == set(list_attentions()) - {"softmax_naive"}, (
+        "the grid runs every attention of the zoo but the cost baseline softmax_naive")
+    assert rest == ["seed=0", "data=lra", "protocol=small_protocol", "trainer=default",
+                    "tag=small_protocol-lra", f"runs_dir={tmp_path}/runs"]
+    assert calls["aggregate"] == (tmp_path / "runs" / "lra" / "small_protocol-lra",
+                                  tmp_path / "out", "LRA, small_protocol", False)
+    assert capsys.readouterr().out.endswith(f"the table\n\nwritten to {tmp_path}/out\n")
+
+
+def test_each_option_changes_its_part_of_the_sweep(planned, tmp_path):
+    status, calls = planned(["--tasks", "listops", "--attentions", "softmax,mra2", "--seeds",
+                             "0,1", "--data", "mini", "--protocol", "reproduce_mra",
+                             "--launcher", "slurm", "--trainer", "smoke", "logger=wandb",
+                             "trainer.accumulate=2"])
+    assert status == 0
+    assert calls["sweep"] == [
+        "task=listops", "attention=softmax,mra2", "seed=0,1", "data=mini",
+        "+experiment=reproduce_mra", "trainer=smoke", "tag=reproduce_mra-mini-smoke",
+        f"runs_dir={tmp_path}/runs", "hydra/launcher=slurm", "logger=wandb", "trainer.accumulate=2"]
+    assert calls["aggregate"] == (
+        tmp_path / "runs" / "mini" / "reproduce_mra-mini-smoke", tmp_path / "out",
+        "LRA, reproduce_mra (trainer=smoke: not the protocol's length)", True)
+    _, calls = planned(["--protocol", "lra_original", "--tag", "mine"])
+    assert calls["sweep"][4:7] == ["protocol=lra_original", "trainer=default", "tag=mine"]
+    assert calls["aggregate"][0] == tmp_path / "runs" / "lra" / "mine"
+
+
+def test_a_failed_sweep_returns_its_status_and_aggregates_nothing(planned):
+    status, calls = planned(["--data", "mini"], status=3)
+    assert status == 3 and "aggregate" not in calls
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trainer", "quick"],
+     "--trainer quick: no conf/trainer/quick.yaml; choices: default, smoke"),
+    *[(["--protocol", name], f"--protocol {name}: not a protocol; choices: lra_original, "
+       "small_protocol, reproduce_mra (conf/protocol/, or a preset of conf/experiment/)")
+      for name in ("fast", "demo", "lra_all")],
+])
+def test_an_unknown_profile_or_protocol_is_refused_with_the_choices(planned, argv, message):
+    """Before any run: a protocol is a conf/protocol/ file or a whole preset of conf/experiment/
+    (demo and lra_all are presets of other commands, not protocols)."""
+    from lra.cli import UserError
+
+    with pytest.raises(UserError) as err:
+        planned(argv)
+    assert str(err.value) == message
