@@ -42,7 +42,8 @@ demo: setup
 #   make lra-all PROTOCOL=lra_original LAUNCHER=slurm OVERRIDES="hydra.launcher.partition=gpu"
 # TASKS, ATTENTIONS, SEEDS: comma-separated. DATA: lra | mini. PROTOCOL: small_protocol |
 # lra_original | reproduce_mra. LAUNCHER: basic | joblib | slurm | submitit_slurm. TRAINER: a
-# conf/trainer/ profile (smoke: 50 steps of 8 examples a run). OVERRIDES: lra.train overrides for every run.
+# conf/trainer/ profile (smoke: 50 steps of 8 examples a run). OVERRIDES: lra.train overrides
+# for every run.
 TASKS ?=
 ATTENTIONS ?=
 SEEDS ?= 0
