@@ -116,10 +116,11 @@ def test_make_lra_all_without_data_prints_each_tasks_command_and_runs_nothing(tm
 @pytest.fixture
 def planned(monkeypatch, tmp_path):
     """lra.grid.main with the sweep and the aggregation recorded instead of run: call it with the
-    argument list and the sweep's exit status; it returns (exit status, calls)."""
+    argument list and the sweep's exit status; it returns (exit status, calls). Runs and results
+    go under tmp_path unless `own_dirs=False` (then the checkout's defaults)."""
     from lra import grid
 
-    def run(argv: list[str], status: int = 0):
+    def run(argv: list[str], status: int = 0, own_dirs: bool = True):
         calls = {}
 
         def sweep(overrides):
@@ -133,9 +134,49 @@ def planned(monkeypatch, tmp_path):
 
         monkeypatch.setattr(grid, "sweep", sweep)
         monkeypatch.setattr(grid, "aggregate", aggregate)
-        return grid.main([f"--runs-dir={tmp_path}/runs", f"--out={tmp_path}/out", *argv]), calls
+        dirs = [f"--runs-dir={tmp_path}/runs", f"--out={tmp_path}/out"] if own_dirs else []
+        return grid.main([*dirs, *argv]), calls
 
     return run
+
+
+def test_runs_and_results_go_under_the_checkouts_results_by_default(planned, monkeypatch,
+                                                                    tmp_path):
+    from lra import grid
+
+    monkeypatch.setattr(grid, "ROOT", tmp_path / "checkout")  # where the table would be written
+    status, calls = planned(["--data", "lra", "--launcher", "joblib"], own_dirs=False)
+    assert status == 0
+    results = tmp_path / "checkout" / "results"
+    assert calls["sweep"][-2:] == [f"runs_dir={results / 'runs'}", "hydra/launcher=joblib"]
+    assert calls["aggregate"][:2] == (results / "runs" / "lra" / "small_protocol-lra",
+                                      results / "small_protocol-lra")
+
+
+@pytest.mark.parametrize("argv", [["--data", "full"], ["--launcher", "ray"]])
+def test_a_value_outside_an_options_choices_is_refused_by_the_parser(planned, argv, capsys):
+    with pytest.raises(SystemExit) as err:
+        planned(argv)
+    assert err.value.code == 2
+    assert f"argument {argv[0]}: invalid choice: '{argv[1]}'" in capsys.readouterr().err
+
+
+def test_the_sweep_is_lra_train_multirun_from_the_checkout(monkeypatch, capsys):
+    """One `python -m lra.train -m` with the overrides, run from the checkout's root (where
+    conf/ and the default results/ are), its exit status returned and its command printed."""
+    from lra import grid
+
+    seen = {}
+
+    def call(cmd, cwd):
+        seen.update(cmd=cmd, cwd=cwd)
+        return 5
+
+    monkeypatch.setattr(grid.subprocess, "call", call)
+    assert grid.sweep(["task=listops", "seed=0,1"]) == 5
+    assert seen == {"cmd": [sys.executable, "-m", "lra.train", "-m", "task=listops", "seed=0,1"],
+                    "cwd": ROOT}
+    assert capsys.readouterr().out == "$ python -m lra.train -m task=listops seed=0,1\n"
 
 
 def test_the_default_grid_is_every_task_and_every_compared_attention(planned, tmp_path, capsys):
