@@ -10,6 +10,7 @@ import shlex
 import pytest
 
 from data_prep.__main__ import parser as data_prep_parser
+from lra import grid
 from lra.overrides import check_overrides, group_options
 from lra.results import parser as results_parser
 from tests.conftest import run_train
@@ -50,11 +51,21 @@ def _actions(parser: argparse.ArgumentParser, name: str):
             yield name, action
 
 
-@pytest.mark.parametrize("parser", [results_parser(), data_prep_parser()],
-                         ids=["lra.results", "data_prep"])
+@pytest.mark.parametrize("parser", [results_parser(), data_prep_parser(), grid.parser()],
+                         ids=["lra.results", "data_prep", "lra.grid"])
 def test_every_flag_has_help_and_its_default(parser):
     for name, action in _actions(parser, parser.prog):
         flag = f"{name} {'/'.join(action.option_strings) or action.dest}"
         assert action.help, f"{flag} has no help text"
         if action.default not in (None, False) and not action.required:
             assert "default" in action.help, f"{flag} does not say its default"
+
+
+def test_the_grid_help_is_its_docstring_as_written_and_names_the_passthrough():
+    """`python -m lra.grid --help`: the command as users type it, the module docstring with its
+    example lines kept (not re-wrapped), and the rule for every other argument."""
+    text = grid.parser().format_help()
+    assert text.startswith("usage: python -m lra.grid [-h] [--tasks TASKS]")
+    assert grid.__doc__.strip() in text
+    assert text.rstrip().endswith("Any other argument is passed to every run as an lra.train "
+                                  "override (e.g. trainer.accumulate=2, hydra.launcher.n_jobs=2).")
