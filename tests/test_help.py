@@ -51,9 +51,11 @@ def _actions(parser: argparse.ArgumentParser, name: str):
             yield name, action
 
 
-@pytest.mark.parametrize("parser", [results_parser(), data_prep_parser(), grid.parser()],
+# Parser factories, called in the test (a parser built at collection would escape mutation runs).
+@pytest.mark.parametrize("make_parser", [results_parser, data_prep_parser, grid.parser],
                          ids=["lra.results", "data_prep", "lra.grid"])
-def test_every_flag_has_help_and_its_default(parser):
+def test_every_flag_has_help_and_its_default(make_parser):
+    parser = make_parser()
     for name, action in _actions(parser, parser.prog):
         flag = f"{name} {'/'.join(action.option_strings) or action.dest}"
         assert action.help, f"{flag} has no help text"
