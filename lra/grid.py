@@ -51,14 +51,15 @@ NOT_PROTOCOLS = ("demo", "lra_all")
 def protocol_override(protocol: str) -> str:
     """A protocol of conf/protocol/ (per-task values), or a whole preset of conf/experiment/
     (such as reproduce_mra, the published harness's settings)."""
+    protocols = group_options("protocol")
     presets = [e for e in group_options("experiment") if "/" not in e and e not in NOT_PROTOCOLS]
-    if protocol in group_options("protocol"):
+    if protocol in protocols:
         return f"protocol={protocol}"
     if protocol in presets:
         return f"+experiment={protocol}"
-    choices = group_options("protocol") + presets
-    raise UserError(f"--protocol {protocol}: not a protocol; choices: {', '.join(choices)} "
-                    "(conf/protocol/, or a preset of conf/experiment/)")
+    raise UserError(f"--protocol {protocol}: not a protocol; choices: "
+                    f"{', '.join(protocols + presets)} (conf/protocol/, or a preset of "
+                    "conf/experiment/)")
 
 
 def sweep(overrides: list[str]) -> int:
