@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from attention_zoo import list_attentions
 from data_prep import image
+from lra import grid
+from lra.cli import UserError
 from tests.conftest import ROOT
 
 GRID = ("TASKS=listops,image", "ATTENTIONS=softmax,mra2", "DATA=mini", "TRAINER=smoke")
@@ -118,8 +121,6 @@ def planned(monkeypatch, tmp_path):
     """lra.grid.main with the sweep and the aggregation recorded instead of run: call it with the
     argument list and the sweep's exit status; it returns (exit status, calls). Runs and results
     go under tmp_path unless `own_dirs=False` (then the checkout's defaults)."""
-    from lra import grid
-
     def run(argv: list[str], status: int = 0, own_dirs: bool = True):
         calls = {}
 
@@ -142,8 +143,6 @@ def planned(monkeypatch, tmp_path):
 
 def test_runs_and_results_go_under_the_checkouts_results_by_default(planned, monkeypatch,
                                                                     tmp_path):
-    from lra import grid
-
     monkeypatch.setattr(grid, "ROOT", tmp_path / "checkout")  # where the table would be written
     status, calls = planned(["--data", "lra", "--launcher", "joblib"], own_dirs=False)
     assert status == 0
@@ -164,8 +163,6 @@ def test_a_value_outside_an_options_choices_is_refused_by_the_parser(planned, ar
 def test_the_sweep_is_lra_train_multirun_from_the_checkout(monkeypatch, capsys):
     """One `python -m lra.train -m` with the overrides, run from the checkout's root (where
     conf/ and the default results/ are), its exit status returned and its command printed."""
-    from lra import grid
-
     seen = {}
 
     def call(cmd, cwd):
@@ -180,8 +177,6 @@ def test_the_sweep_is_lra_train_multirun_from_the_checkout(monkeypatch, capsys):
 
 
 def test_the_default_grid_is_every_task_and_every_compared_attention(planned, tmp_path, capsys):
-    from attention_zoo import list_attentions
-
     status, calls = planned([])
     assert status == 0
     task, attention, *rest = calls["sweep"]
@@ -229,8 +224,6 @@ def test_a_failed_sweep_returns_its_status_and_aggregates_nothing(planned):
 def test_an_unknown_profile_or_protocol_is_refused_with_the_choices(planned, argv, message):
     """Before any run: a protocol is a conf/protocol/ file or a whole preset of conf/experiment/
     (demo and lra_all are presets of other commands, not protocols)."""
-    from lra.cli import UserError
-
     with pytest.raises(UserError) as err:
         planned(argv)
     assert str(err.value) == message

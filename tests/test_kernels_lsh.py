@@ -63,11 +63,12 @@ def make_case(seed: int, n: int, d: int, tau: int, rounds: int, dtype=torch.floa
     return Case(q, k, v, g, q_codes, k_codes, bits, 2**tau + 1)
 
 
-def run(module, case: Case, estimator: str, slots: int = 0, seed: int = 0):
-    """(out, dq, dk, dv) of module.lsh_cumulation for the case's output gradient."""
+def run(module, case: Case, *settings):
+    """(out, dq, dk, dv) of module.lsh_cumulation for the case's output gradient; settings:
+    (estimator, slots, seed), or a prefix of them with the function's defaults for the rest."""
     leaves = [x.clone().requires_grad_(True) for x in (case.q, case.k, case.v)]
     out = module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits, case.num_buckets,
-                                estimator, slots, seed)
+                                *settings)
     out.backward(case.g)
     return [out.detach(), *(x.grad for x in leaves)]
 
@@ -215,10 +216,8 @@ def test_backends_take_the_same_arguments_and_defaults(cpp, function):
     case = make_case(5, 30, 8, 3, 4)
     for module in (reference, cpp):
         if function == "lsh_cumulation":
-            leaves = [x.clone().requires_grad_(True) for x in (case.q, case.k, case.v)]
-            module.lsh_cumulation(*leaves, case.q_codes, case.k_codes, case.bits,
-                                  case.num_buckets).backward(case.g)
-            assert torch.equal(leaves[0].grad, run(module, case, "v2", 0, 0)[1])
+            for got, want in zip(run(module, case), run(module, case, "v2", 0, 0), strict=True):
+                assert torch.equal(got, want)
         else:
             args = (case.q_codes, case.q, case.g, case.k_codes, case.v, case.k, case.bits,
                     case.num_buckets, "v2")
