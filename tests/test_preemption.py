@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -20,17 +22,26 @@ STEPS = ("trainer.max_steps=150", "trainer.eval_every=50")
 
 
 def signalled_run(data_root, runs, signum) -> int:
-    """Start a run, send `signum` once its first evaluation's checkpoint exists (so between
-    evaluations); returns the step of the checkpoint it left."""
-    args = [sys.executable, "-m", "lra.train", *tiny(data_root, runs, *STEPS)]
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled"}
+    """Start a run, send `signum` once its progress bar counts a step past the first evaluation,
+    and return the step of the checkpoint it left.
+
+    The bar counts step n before the loop looks for a signal after step n, so a bar past 50 means
+    step 50's look is over and the run stops strictly between evaluations. (Waiting for the first
+    evaluation's last.pt instead left a window: a signal between that write and step 50's look
+    stopped the run at step 50.) TQDM_MINITERS=1 makes the bar print every step."""
+    args = [sys.executable, "-m", "lra.train", *tiny(data_root, runs, *STEPS),
+            "trainer.progress=true"]
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "disabled",
+           "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not list(runs.rglob("last.pt")) and time.time() < deadline:
-        time.sleep(0.02)
+                            stderr=subprocess.STDOUT)
+    seen, deadline = b"", time.time() + 300
+    while not any(int(n) > 50 for n in re.findall(rb"(\d+)/150 \[", seen)):
+        assert time.time() < deadline and proc.poll() is None, seen[-2000:].decode(errors="replace")
+        if select.select([proc.stdout], [], [], 1)[0]:
+            seen += os.read(proc.stdout.fileno(), 1 << 16)
     proc.send_signal(signum)
-    out, _ = proc.communicate(timeout=300)
+    out = (seen + proc.communicate(timeout=300)[0]).decode()
     assert proc.returncode == 128 + signum, out[-2000:]  # the signal's conventional code
     assert f"{signal.Signals(signum).name}: checkpoint written; stopping" in out
     [last] = list(runs.rglob("last.pt"))
