@@ -21,7 +21,7 @@ import kernels
 from attention_zoo import attention_class, build_attention, make_options
 from attention_zoo.structured import structured_qkv
 
-from .measure import measure
+from .measure import failure_status, measure, unmeasured
 from .profiles import describe
 
 COLUMNS = ["attention", "backend", "options", "device", "dtype", "batch", "heads", "seq_len",
@@ -45,23 +45,26 @@ def timed_options(name: str) -> dict:
     return {"dropout": 0.0} if hasattr(make_options(name), "dropout") else {}
 
 
+def which_cell(name: str, backend: str, device: str, batch: int, heads: int, seq: int,
+               head_dim: int) -> dict:
+    """The columns of efficiency.csv that say which cell a row is; its figures follow."""
+    return {"attention": name, "backend": backend, "options": describe(name, timed_options(name)),
+            "device": device, "dtype": "float32", "batch": batch, "heads": heads,
+            "seq_len": seq, "head_dim": head_dim}
+
+
 def cell(name: str, backend: str, batch: int, heads: int, seq: int, head_dim: int,
          device: str, repeats: int, limit_s: float | None = None) -> dict:
     """One row of efficiency.csv. Each of its two timers stops repeating past a quarter of the
     cell limit limit_s, so that the timed calls take about half of it at most."""
-    timed = timed_options(name)
-    row = {"attention": name, "backend": backend, "options": describe(name, timed),
-           "device": device, "dtype": "float32", "batch": batch, "heads": heads,
-           "seq_len": seq, "head_dim": head_dim}
+    row = which_cell(name, backend, device, batch, heads, seq, head_dim)
     torch.manual_seed(0)
-    options = {**timed, **({} if backend == "-" else {"backend": backend})}
+    options = {**timed_options(name), **({} if backend == "-" else {"backend": backend})}
     try:
         attn = build_attention(name, num_heads=heads, head_dim=head_dim, max_seq_len=seq,
                                **options).to(device)
     except Exception as err:  # noqa: BLE001 - recorded as the cell's status
-        from .measure import failure_status
-        return {**row, "fwd_ms": "", "fwd_bwd_ms": "", "peak_memory_mb": "",
-                "status": failure_status(err)}
+        return unmeasured(row, failure_status(err))
     q, k, v = (x.to(device) for x in structured_qkv(batch, heads, seq, head_dim))
     if attn.needs_shared_qk:
         k = q
@@ -80,11 +83,8 @@ def series(name: str, backend: str, lengths, batches, heads: int, head_dim: int,
         stop = None  # why the longer lengths are skipped
         for seq in lengths:
             if stop is not None:
-                yield {"attention": name, "backend": backend,
-                       "options": describe(name, timed_options(name)),
-                       "device": device, "dtype": "float32", "batch": batch, "heads": heads,
-                       "seq_len": seq, "head_dim": head_dim, "fwd_ms": "", "fwd_bwd_ms": "",
-                       "peak_memory_mb": "", "status": f"skipped: {stop}"}
+                yield unmeasured(which_cell(name, backend, device, batch, heads, seq, head_dim),
+                                 f"skipped: {stop}")
                 continue
             begin = perf_counter()
             row = cell(name, backend, batch, heads, seq, head_dim, device, repeats, limit_s)
@@ -107,8 +107,7 @@ def series_in_worker(name: str, backend: str, args: list[str], planned: list[dic
     if len(rows) < len(planned):
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         why = tail[0] if proc.returncode >= 0 else f"killed by signal {-proc.returncode}"
-        rows += [{**p, "fwd_ms": "", "fwd_bwd_ms": "", "peak_memory_mb": "",
-                  "status": f"crashed: {why}"} for p in planned[len(rows):]]
+        rows += [unmeasured(p, f"crashed: {why}") for p in planned[len(rows):]]
     return rows
 
 

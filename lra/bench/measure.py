@@ -62,6 +62,11 @@ def failure_status(err: BaseException) -> str:
     return f"error: {type(err).__name__}: {message}"
 
 
+def unmeasured(row: dict, status: str) -> dict:
+    """`row` without figures (the cell failed, was skipped or its process died), saying why."""
+    return {**row, "fwd_ms": "", "fwd_bwd_ms": "", "peak_memory_mb": "", "status": status}
+
+
 def measure(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             mask: torch.Tensor, repeats: int, budget_s: float | None = None) -> dict:
     """fwd_ms (no autograd), fwd_bwd_ms and peak_memory_mb of `attend(q, k, v, mask)`, and a
@@ -92,7 +97,6 @@ def measure(attend: Attend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     except Exception as err:  # noqa: BLE001 - every failure becomes the cell's status
         if device == "cuda":
             torch.cuda.empty_cache()
-        return {"fwd_ms": "", "fwd_bwd_ms": "", "peak_memory_mb": "",
-                "status": failure_status(err)}
+        return unmeasured({}, failure_status(err))
     return {"fwd_ms": statistics.median(fwd), "fwd_bwd_ms": statistics.median(fwd_bwd),
             "peak_memory_mb": peak, "status": "ok"}

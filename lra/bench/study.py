@@ -91,9 +91,8 @@ def efficiency_rows(names, cfg, args, log) -> list[dict]:
             grid = (name, backend, cfg["lengths"], cfg["batches"], cfg["heads"],
                     cfg["head_dim"], args.device, cfg["repeats"], cfg["cell_limit_s"])
             if cfg["isolate"]:
-                planned = [{"attention": name, "backend": backend, "options": describe(name, {}),
-                            "device": args.device, "dtype": "float32", "batch": b,
-                            "heads": cfg["heads"], "seq_len": n, "head_dim": cfg["head_dim"]}
+                planned = [efficiency.which_cell(name, backend, args.device, b, cfg["heads"], n,
+                                                 cfg["head_dim"])
                            for b in cfg["batches"] for n in cfg["lengths"]]
                 found = efficiency.series_in_worker(name, backend, common, planned)
             else:
@@ -229,7 +228,7 @@ def study(args, argv: list[str] | None) -> int:
         plots.error_versus(at_one, "peak_memory_mb", "peak tensor memory of one instance (MB)",
                            out / "error_vs_memory.png",
                            f"error vs memory over each budget, {what}")
-        default = {(r["attention"]): describe(r["attention"], {}) for r in app}
+        default = {r["attention"]: describe(r["attention"], {}) for r in app}
         swept = [r for r in app if r["inputs"] == main_inputs and r["source"] == "ours"
                  and r["options"] == default[r["attention"]]]
         plots.error_versus(swept, "entropy", "mean entropy of the exact attention rows (nats)",
