@@ -31,7 +31,10 @@ def style(name: str) -> dict:
 
 def published(which: str) -> list[dict]:
     path = PUBLISHED / f"published_mra_{which}.csv"
-    return list(csv.DictReader(open(path))) if path.exists() else []
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _finish(fig, ax, path: Path, title: str, legend_cols: int = 2) -> None:

@@ -49,6 +49,9 @@ def mra_beside_published(app: list[dict]) -> list[dict]:
     kind = "real" if "real" in kinds else "structured"
     ours = {(r["attention"], r["options"]): r for r in app
             if r["inputs"] == kind and r["scale"] == 1.0 and r["source"] == "ours"}
+    # One column for every row: a setting we did not run says so in it.
+    lengths = ", ".join(map(str, sorted({r["seq_len"] for r in ours.values()})))
+    column = f"ours ({kind}, n={lengths})" if ours else "ours"
     table = []
     for pub in published("approximation"):
         setting = pub["setting"].replace("block=", "block_size=").replace(
@@ -56,8 +59,7 @@ def mra_beside_published(app: list[dict]) -> list[dict]:
         mine = ours.get((pub["attention"], setting))
         table.append({"attention": pub["attention"], "setting": pub["setting"],
                       "published (RoBERTa)": float(pub["relative_error"]),
-                      f"ours ({kind}, n={mine['seq_len']})" if mine else "ours":
-                      mine["relative_error"] if mine else "not run"})
+                      column: mine["relative_error"] if mine else "not run"})
     return table
 
 
@@ -113,9 +115,11 @@ def readme(command: str, args, cfg: dict, eff: list[dict], app: list[dict],
             "default; max_seq_len = seq_len.\n\n"
             "![error vs time](error_vs_time.png)\n\n![error vs memory](error_vs_memory.png)\n\n"
             "![error vs entropy](error_vs_entropy.png)\n\n![error vs budget](error_vs_budget.png)"
-            "\n\n### Beside the MRA paper's figures\n\n"
-            + to_markdown(mra_beside_published(app), list(mra_beside_published(app)[0]))
-            if published("approximation") else "")
+            "\n")
+        beside = mra_beside_published(app)
+        if beside:  # without the published file there is nothing to put beside
+            parts.append("\n### Beside the MRA paper's figures\n\n"
+                         + to_markdown(beside, list(beside[0])))
         table = peers_table(app)
         if table:
             parts.append("\n### Ours beside the peer packages, same inputs and settings\n\n"
